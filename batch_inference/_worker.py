@@ -1,0 +1,156 @@
+"""The worker: runs batches on one model replica and hands results back."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._queue import RequestQueue
+from ._request import Request, settle
+from .batcher.base import Batcher
+from .errors import OutputMismatchError
+from .stats import StatsRecorder
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an out-of-memory error (CUDA, MPS or host memory)."""
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+    )
+
+
+class Scatter:
+    """Splits outputs and settles futures, inline or on its own thread.
+
+    A worker whose queue still holds requests hands the finished batch here
+    and starts the next batch at once; an idle worker scatters inline, which
+    is quicker for a lone caller.
+    """
+
+    def __init__(self, batcher: Batcher, stats: StatsRecorder) -> None:
+        self._batcher = batcher
+        self._stats = stats
+        self._inbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="batch_inference-scatter",
+                                        daemon=True)
+        self._thread.start()
+
+    def later(self, requests: list[Request], outputs: Any, context: Any) -> None:
+        self._inbox.put((requests, outputs, context))
+
+    def now(self, requests: list[Request], outputs: Any, context: Any) -> None:
+        try:
+            results = self._batcher.unbatch(outputs, context)
+            if len(results) != len(requests):
+                raise OutputMismatchError(
+                    f"{type(self._batcher).__name__}.unbatch returned {len(results)} results "
+                    f"for a batch of {len(requests)} requests"
+                )
+        except Exception as error:  # noqa: BLE001 - every caller of the batch gets it
+            self.fail(requests, error)
+            return
+        settle([(r, value, False) for r, value in zip(requests, results)])
+        self._stats.count("completed", len(requests))
+
+    def fail(self, requests: Sequence[Request], error: BaseException, kind: str = "failed") -> None:
+        settle([(r, error, True) for r in requests])
+        self._stats.count(kind, len(requests))
+
+    def _loop(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            self.now(*item)
+
+    def close(self) -> None:
+        self._inbox.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+
+class Worker:
+    """One model replica fed from the shared queue, on its own thread."""
+
+    def __init__(
+        self,
+        index: int,
+        predict_batch: Callable[..., Any],
+        device: Any,
+        host: Any,
+    ) -> None:
+        self.index = index
+        self._predict = predict_batch
+        self._device = device
+        self._host = host
+        self.thread = threading.Thread(
+            target=self._loop, name=f"batch_inference-worker-{index}", daemon=True
+        )
+
+    def _loop(self) -> None:
+        host = self._host
+        queue_: RequestQueue = host._queue
+        batch: list[Request] = []
+        try:
+            take = queue_.take
+            while (batch := take(host.batcher, host._current_limits, host._expire)) is not None:
+                self._execute(batch, retry=False)
+                batch = []
+        except BaseException as error:  # noqa: BLE001 - a dying worker must fail every caller
+            host._break(error, batch)
+
+    def _execute(self, requests: list[Request], retry: bool) -> None:
+        host = self._host
+        batcher: Batcher = host.batcher
+        started_s = time.monotonic()
+        try:
+            args, context = batcher.batch([r.args for r in requests])
+            if self._device is not None:
+                args = _to_device(args, self._device)
+            outputs = self._predict(*args)
+        except Exception as error:
+            self._record(requests, started_s, retry)
+            self._recover(requests, error)
+            return
+        self._record(requests, started_s, retry)
+        if not retry and len(host._queue):
+            host._scatter.later(requests, outputs, context)  # the next batch is waiting
+        else:
+            host._scatter.now(requests, outputs, context)
+
+    def _record(self, requests: list[Request], started_s: float, retry: bool) -> None:
+        infos = [r.info for r in requests]
+        self._host._stats.batch(
+            size=len(requests),
+            real=sum(i.rows * i.length for i in infos),
+            padded=self._host.batcher.padded_tokens(infos),
+            waits=() if retry else [started_s - r.enqueued_s for r in requests],
+            model_s=time.monotonic() - started_s,
+            retry=retry,
+        )
+
+    def _recover(self, requests: list[Request], error: Exception) -> None:
+        """Split a failed batch until the failing requests stand alone.
+
+        A batch of n requests costs at most 2n - 2 extra ``predict_batch``
+        calls; only requests that fail on their own get the error.
+        """
+        host = self._host
+        oom = is_out_of_memory(error)
+        if oom:
+            host._lower_batch_limit(len(requests))
+        if len(requests) == 1 or not (host.isolate_failures or oom):
+            host._scatter.fail(requests, error)
+            return
+        middle = len(requests) // 2
+        self._execute(requests[:middle], retry=True)
+        self._execute(requests[middle:], retry=True)
+
+
+def _to_device(args: tuple[Any, ...], device: Any) -> tuple[Any, ...]:
+    return tuple(
+        a.to(device, non_blocking=True) if hasattr(a, "to") and hasattr(a, "device") else a
+        for a in args
+    )

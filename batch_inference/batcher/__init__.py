@@ -1,0 +1,17 @@
+"""Batchers: turn many requests into one batch and the batch's outputs back into results."""
+
+from .base import Batcher, BatchLimits, RequestInfo, Selection, Waiting
+from .bucket_seq_batcher import BucketSeqBatcher
+from .concat_batcher import ConcatBatcher
+from .seq_batcher import SeqBatcher
+
+__all__ = [
+    "Batcher",
+    "BatchLimits",
+    "BucketSeqBatcher",
+    "ConcatBatcher",
+    "RequestInfo",
+    "Selection",
+    "SeqBatcher",
+    "Waiting",
+]

@@ -1,0 +1,180 @@
+"""The batcher contract.
+
+A batcher is pure: no threads, no I/O, no clock of its own. The host asks it
+four things:
+
+* :meth:`Batcher.inspect` one request's arguments, in the caller's thread, before
+  the request is queued: validate them (raise :class:`~batch_inference.errors.InvalidRequestError`)
+  and describe them (:class:`RequestInfo`: length, rows, grouping key);
+* :meth:`Batcher.select` which of the waiting requests form the next batch
+  (a :class:`Selection`), given their descriptions, the limits and the time;
+* :meth:`Batcher.batch` the chosen requests -> ``(batched_args, context)``;
+* :meth:`Batcher.unbatch` the model's outputs and that context -> one result
+  per request, in order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Batcher", "BatchLimits", "RequestInfo", "Selection", "Waiting"]
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the scheduler needs to know about one request.
+
+    Attributes
+    ----------
+    length:
+        Sequence length (tokens) of the request; 1 where there is no sequence.
+    rows:
+        Rows the request contributes along the batch dimension.
+    key:
+        Requests whose keys differ never share a batch (e.g. different dtypes,
+        different length buckets).
+    """
+
+    length: int = 1
+    rows: int = 1
+    key: Hashable = None
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A queued request as :meth:`Batcher.select` sees it."""
+
+    info: RequestInfo
+    enqueued_s: float
+    """``time.monotonic()`` when the request was queued."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Limits a selection must respect.
+
+    Attributes
+    ----------
+    max_batch_size:
+        Most requests in one batch.
+    max_batch_tokens:
+        Most padded tokens (rows x padded length) in one batch, or ``None``.
+    max_delay_s:
+        Longest a request may be held back waiting for companions.
+    full_batch_size:
+        A group this large is dispatched at once, even within ``max_delay_s``
+        (batch-inference 1.0's ``wait_n``). Defaults to ``max_batch_size``.
+    """
+
+    max_batch_size: int
+    max_batch_tokens: int | None = None
+    max_delay_s: float = 0.0
+    full_batch_size: int | None = None
+
+    @property
+    def full_size(self) -> int:
+        return self.full_batch_size or self.max_batch_size
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The answer of :meth:`Batcher.select`.
+
+    ``indices`` (into the waiting sequence) form the next batch; when empty,
+    nothing is dispatched yet and the host re-asks by ``wake_at_s`` at the
+    latest (or when a request arrives).
+    """
+
+    indices: tuple[int, ...] = ()
+    wake_at_s: float | None = None
+
+
+class Batcher(ABC):
+    """Base class of all batchers; subclass it to write your own."""
+
+    def inspect(self, args: tuple[Any, ...]) -> RequestInfo:
+        """Validate one request's arguments and describe them.
+
+        Raise :class:`~batch_inference.errors.InvalidRequestError` for a request
+        that cannot be batched. The default accepts anything as one row.
+        """
+        return RequestInfo()
+
+    def padded_tokens(self, infos: Sequence[RequestInfo]) -> int:
+        """Tokens the model computes for these requests batched together.
+
+        The default (no padding) is the sum of rows x length.
+        """
+        return sum(info.rows * info.length for info in infos)
+
+    def select(self, waiting: Sequence[Waiting], limits: BatchLimits, now_s: float) -> Selection:
+        """Choose the next batch among the waiting requests (oldest first).
+
+        The default policy: requests are grouped by :attr:`RequestInfo.key`;
+        each group is filled in arrival order up to ``max_batch_size`` and
+        ``max_batch_tokens``. With ``max_delay_s == 0`` the oldest request's
+        group is dispatched at once. Otherwise a full group is dispatched at
+        once, and a partial one when its oldest request has waited
+        ``max_delay_s``.
+        """
+        if not waiting:
+            return Selection()
+        first_key = waiting[0].info.key
+        if limits.max_delay_s <= 0:
+            return Selection(tuple(self._fill(waiting, first_key, limits, limits.max_batch_size)))
+        groups: dict[Hashable, list[int]] = {}
+        for index, item in enumerate(waiting):
+            key = item.info.key
+            members = groups.setdefault(key, [])
+            if self._fits(waiting, members, index, limits):
+                members.append(index)
+                if len(members) < limits.full_size:
+                    continue
+            # This group cannot grow: full by count or by token budget.
+            return Selection(tuple(members))
+        due_s = waiting[0].enqueued_s + limits.max_delay_s
+        if now_s >= due_s:
+            return Selection(tuple(groups[first_key]))
+        return Selection((), due_s)
+
+    def _fill(
+        self, waiting: Sequence[Waiting], key: Hashable, limits: BatchLimits, size: int
+    ) -> list[int]:
+        """Requests of ``key`` in arrival order, until ``size`` or the token budget."""
+        members: list[int] = []
+        for index, item in enumerate(waiting):
+            if item.info.key != key:
+                continue
+            if len(members) >= size or not self._fits(waiting, members, index, limits):
+                break
+            members.append(index)
+        return members
+
+    def _fits(
+        self, waiting: Sequence[Waiting], members: list[int], index: int, limits: BatchLimits
+    ) -> bool:
+        """Whether request ``index`` may join ``members`` within the limits."""
+        if len(members) >= limits.max_batch_size:
+            return False
+        if limits.max_batch_tokens is None or not members:
+            return True
+        infos = [waiting[i].info for i in members] + [waiting[index].info]
+        return self.padded_tokens(infos) <= limits.max_batch_tokens
+
+    @abstractmethod
+    def batch(self, requests: Sequence[tuple[Any, ...]]) -> tuple[tuple[Any, ...], Any]:
+        """Turn N requests (each a tuple of M arguments) into M batched arguments.
+
+        Returns
+        -------
+        batched_args, context
+            ``predict_batch(*batched_args)`` is called; ``context`` is handed to
+            :meth:`unbatch` with the outputs.
+        """
+
+    @abstractmethod
+    def unbatch(self, outputs: Any, context: Any) -> list[Any]:
+        """Split the model's outputs into one result per request, in request order."""

@@ -1,0 +1,81 @@
+"""Concatenate requests along the batch dimension."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InvalidRequestError
+from ._split import split_rows
+from ._tensor_ops import TensorOps, ops_for, tensor_ops
+from .base import Batcher, RequestInfo
+
+__all__ = ["ConcatBatcher"]
+
+
+class ConcatBatcher(Batcher):
+    """Concatenate each argument of the requests along dimension 0.
+
+    A request may hold several rows (``x.shape[0] > 1``); each caller gets its
+    own rows of every output back, in the structure ``predict_batch`` returned
+    (an array, a tuple/list or a dict of arrays).
+
+    Parameters
+    ----------
+    tensor:
+        ``"pt"`` (``torch.Tensor`` arguments), ``"np"`` (``numpy.ndarray``), or
+        ``None`` to accept both (requests of different kinds never share a batch).
+    """
+
+    def __init__(self, tensor: str | None = None) -> None:
+        self.tensor = tensor
+        self._accepted: tuple[TensorOps, ...] = tensor_ops(tensor)
+
+    def _ops(self, position: int, value: Any) -> TensorOps:
+        ops = ops_for(value, self._accepted)
+        if ops is None:
+            kinds = " or ".join(o.type_name for o in self._accepted)
+            raise InvalidRequestError(
+                f"argument {position} is a {type(value).__name__}, expected a {kinds}"
+            )
+        return ops
+
+    def inspect(self, args: tuple[Any, ...]) -> RequestInfo:
+        if not args:
+            raise InvalidRequestError("a request needs at least one argument, got none")
+        signature = []
+        rows = None
+        for position, value in enumerate(args):
+            ops = self._ops(position, value)
+            if value.ndim < 1:
+                raise InvalidRequestError(
+                    f"argument {position} is a scalar (shape {tuple(value.shape)}); "
+                    "it needs a batch dimension: pass x[None] / x.unsqueeze(0)"
+                )
+            n = int(value.shape[0])
+            if n == 0:
+                raise InvalidRequestError(
+                    f"argument {position} has 0 rows (shape {tuple(value.shape)})"
+                )
+            if rows is None:
+                rows = n
+            elif n != rows:
+                raise InvalidRequestError(
+                    f"argument {position} has {n} rows but argument 0 has {rows}: "
+                    "all arguments of a request need the same size along dimension 0"
+                )
+            signature.append((ops.kind, ops.dtype_name(value), tuple(value.shape[1:])))
+        return RequestInfo(length=1, rows=rows or 1, key=tuple(signature))
+
+    def batch(self, requests: Sequence[tuple[Any, ...]]) -> tuple[tuple[Any, ...], Any]:
+        first = requests[0]
+        ops = [self._ops(position, value) for position, value in enumerate(first)]
+        batched = tuple(
+            ops[position].concat([request[position] for request in requests])
+            for position in range(len(first))
+        )
+        rows = [int(request[0].shape[0]) for request in requests]
+        return batched, rows
+
+    def unbatch(self, outputs: Any, context: Any) -> list[Any]:
+        return split_rows(outputs, context)

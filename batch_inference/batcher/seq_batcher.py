@@ -1,0 +1,142 @@
+"""Pad sequences to the longest request of the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ConfigurationError, InvalidRequestError
+from ._split import split_rows
+from .base import RequestInfo
+from .concat_batcher import ConcatBatcher
+
+__all__ = ["SeqBatcher"]
+
+
+class SeqBatcher(ConcatBatcher):
+    """Pad each argument along its last dimension to the longest request, then concatenate.
+
+    Each request argument has shape ``(rows, length, ...)`` with the sequence on
+    the **last** dimension (as tokenizers return ``input_ids`` of shape
+    ``(1, length)``). Outputs are split per request and trimmed back to the
+    request's own length on ``output_seq_dim``, so a caller gets what
+    ``predict_batch`` on its input alone gives.
+
+    Parameters
+    ----------
+    padding_tokens:
+        One padding value per argument of ``predict_batch``; ``None`` for an
+        argument that has no sequence dimension (it is concatenated as is).
+    tensor:
+        ``"pt"``, ``"np"`` or ``None`` (both).
+    max_length:
+        Longest sequence accepted; a longer request is refused with
+        :class:`~batch_inference.errors.InvalidRequestError`.
+    output_seq_dim:
+        Dimension of each output that holds the sequence (``1`` for
+        ``(batch, seq, hidden)``). An output is trimmed only where that
+        dimension has the batch's padded length; ``None`` disables trimming.
+    """
+
+    def __init__(
+        self,
+        padding_tokens: Sequence[Any],
+        tensor: str | None = None,
+        max_length: int | None = None,
+        output_seq_dim: int | None = 1,
+    ) -> None:
+        super().__init__(tensor=tensor)
+        if isinstance(padding_tokens, (str, bytes)) or not isinstance(padding_tokens, Sequence):
+            raise ConfigurationError(
+                f"padding_tokens must be a list with one value per argument, got {padding_tokens!r}"
+            )
+        if all(token is None for token in padding_tokens):
+            raise ConfigurationError(
+                f"padding_tokens={list(padding_tokens)!r} pads no argument; use ConcatBatcher"
+            )
+        if max_length is not None and max_length < 1:
+            raise ConfigurationError(f"max_length must be >= 1, got {max_length!r}")
+        if output_seq_dim is not None and output_seq_dim < 1:
+            raise ConfigurationError(
+                f"output_seq_dim must be >= 1 (0 is the batch dimension), got {output_seq_dim!r}"
+            )
+        self.padding_tokens = list(padding_tokens)
+        self.max_length = max_length
+        self.output_seq_dim = output_seq_dim
+
+    def inspect(self, args: tuple[Any, ...]) -> RequestInfo:
+        if len(args) != len(self.padding_tokens):
+            raise InvalidRequestError(
+                f"got {len(args)} arguments, but padding_tokens names {len(self.padding_tokens)} "
+                f"(padding_tokens={self.padding_tokens!r})"
+            )
+        info = super().inspect(args)
+        length = None
+        for position, (value, token) in enumerate(zip(args, self.padding_tokens)):
+            if token is None:
+                continue
+            if value.ndim < 2:
+                raise InvalidRequestError(
+                    f"argument {position} has shape {tuple(value.shape)}; a padded argument needs "
+                    "(rows, length, ...): pass x[None] / x.unsqueeze(0)"
+                )
+            n = int(value.shape[-1])
+            if length is None:
+                length = n
+            elif n != length:
+                raise InvalidRequestError(
+                    f"argument {position} has length {n} but the first padded argument has "
+                    f"{length}: padded arguments of one request need the same length"
+                )
+        assert length is not None
+        if length == 0:
+            raise InvalidRequestError("the request's sequences are empty (length 0)")
+        if self.max_length is not None and length > self.max_length:
+            raise InvalidRequestError(
+                f"sequence length {length} exceeds max_length={self.max_length}"
+            )
+        key = tuple(
+            (kind, dtype, shape[:-1] if token is not None else shape)
+            for (kind, dtype, shape), token in zip(info.key, self.padding_tokens)
+        )
+        return RequestInfo(length=length, rows=info.rows, key=key)
+
+    def padded_tokens(self, infos: Sequence[RequestInfo]) -> int:
+        if not infos:
+            return 0
+        return max(info.length for info in infos) * sum(info.rows for info in infos)
+
+    def _length(self, request: tuple[Any, ...]) -> int:
+        for value, token in zip(request, self.padding_tokens):
+            if token is not None:
+                return int(value.shape[-1])
+        raise AssertionError("unreachable: padding_tokens pads at least one argument")
+
+    def batch(self, requests: Sequence[tuple[Any, ...]]) -> tuple[tuple[Any, ...], Any]:
+        lengths = [self._length(request) for request in requests]
+        longest = max(lengths)
+        if min(lengths) != longest:
+            requests = [self._pad(request, longest) for request in requests]
+        batched, rows = super().batch(requests)
+        return batched, (rows, lengths, longest)
+
+    def _pad(self, request: tuple[Any, ...], longest: int) -> tuple[Any, ...]:
+        return tuple(
+            value if token is None else self._ops(position, value).pad_last(value, longest, token)
+            for position, (value, token) in enumerate(zip(request, self.padding_tokens))
+        )
+
+    def unbatch(self, outputs: Any, context: Any) -> list[Any]:
+        rows, lengths, longest = context
+        dim = self.output_seq_dim
+        if dim is None or min(lengths) == longest:
+            return split_rows(outputs, rows)
+
+        def trim(piece: Any, index: int) -> Any:
+            if piece.ndim > dim and piece.shape[dim] == longest:
+                cut = [slice(None)] * piece.ndim
+                cut[dim] = slice(0, lengths[index])
+                return piece[tuple(cut)]
+            return piece
+
+        return split_rows(outputs, rows, trim)

@@ -1,0 +1,432 @@
+"""ModelHost: many callers, one model (or one per device), dynamic batching in between."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ._queue import RequestQueue
+from ._request import Request, settle
+from ._worker import Scatter, Worker
+from .batcher.base import Batcher, BatchLimits
+from .batcher.concat_batcher import ConcatBatcher
+from .errors import (
+    ConfigurationError,
+    HostBrokenError,
+    HostNotRunningError,
+    HostStoppedError,
+    InvalidRequestError,
+    RequestTimeoutError,
+)
+from .stats import HostStats, StatsRecorder
+
+__all__ = ["ModelHost"]
+
+
+class ModelHost:
+    """Serve ``predict_batch`` of a model to many concurrent callers.
+
+    Callers send one request each (:meth:`predict` from threads,
+    :meth:`predict_async` from asyncio tasks); a worker thread groups waiting
+    requests into batches, calls ``predict_batch`` once per batch and hands
+    every caller its own slice of the output.
+
+    Parameters
+    ----------
+    model_cls:
+        A class with a ``predict_batch`` method; built by :meth:`start` with
+        ``model_args``/``model_kwargs`` (once per worker).
+    model_obj:
+        An already built model, used instead of ``model_cls`` (shared by all
+        workers).
+    batcher:
+        A :class:`~batch_inference.batcher.Batcher`; default
+        :class:`~batch_inference.batcher.ConcatBatcher`.
+    max_batch_size:
+        Most requests in one ``predict_batch`` call.
+    max_delay_s:
+        Longest a request may be held back so that more requests can join its
+        batch. ``0`` (default): a batch starts as soon as the model is idle.
+    max_batch_tokens:
+        Most padded tokens (rows x padded length) in one batch, or ``None``.
+    num_workers:
+        Model replicas, each on its own thread, all fed from one queue.
+    devices:
+        One device per worker (e.g. ``["cuda:0", "cuda:1"]``); overrides
+        ``num_workers``. ``model_cls`` is built with ``device=<device>`` and the
+        batched tensors are moved to that device before ``predict_batch``.
+    max_queue_size:
+        Most requests waiting; beyond it :meth:`predict` raises
+        :class:`~batch_inference.errors.QueueFullError`. ``None``: unbounded.
+    default_timeout_s:
+        Deadline for calls that give no ``timeout``; ``None``: no deadline.
+    isolate_failures:
+        When ``predict_batch`` raises on a batch, split it and retry the parts
+        until only the failing requests get the exception (at most ``2n - 2``
+        extra calls for a batch of ``n``).
+    wait_ms, wait_n:
+        batch-inference 1.0 names: ``wait_ms`` is ``max_delay_s`` in
+        milliseconds; ``wait_n`` dispatches a batch at once when that many
+        requests wait, even within the delay.
+    model_args, model_kwargs:
+        Arguments for ``model_cls``.
+    """
+
+    def __init__(
+        self,
+        model_cls: type | None = None,
+        model_obj: Any = None,
+        batcher: Batcher | None = None,
+        max_batch_size: int = 32,
+        *,
+        max_delay_s: float = 0.0,
+        max_batch_tokens: int | None = None,
+        num_workers: int = 1,
+        devices: Sequence[Any] | None = None,
+        max_queue_size: int | None = None,
+        default_timeout_s: float | None = None,
+        isolate_failures: bool = True,
+        wait_ms: float | None = None,
+        wait_n: int | None = None,
+        model_args: Sequence[Any] = (),
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if (model_cls is None) == (model_obj is None):
+            raise ConfigurationError("give exactly one of model_cls and model_obj")
+        target = model_cls if model_cls is not None else model_obj
+        if not callable(getattr(target, "predict_batch", None)):
+            raise ConfigurationError(f"{target!r} has no predict_batch method")
+        if wait_ms is not None:
+            if max_delay_s:
+                raise ConfigurationError("give max_delay_s or wait_ms, not both")
+            max_delay_s = _non_negative("wait_ms", wait_ms) / 1000.0
+        _positive_int("max_batch_size", max_batch_size)
+        _non_negative("max_delay_s", max_delay_s)
+        if max_batch_tokens is not None:
+            _positive_int("max_batch_tokens", max_batch_tokens)
+        if wait_n is not None:
+            _positive_int("wait_n", wait_n)
+        if devices is not None:
+            if len(devices) == 0:
+                raise ConfigurationError("devices must name at least one device, got []")
+            num_workers = len(devices)
+        _positive_int("num_workers", num_workers)
+        if max_queue_size is not None:
+            _positive_int("max_queue_size", max_queue_size)
+        if default_timeout_s is not None and default_timeout_s <= 0:
+            raise ConfigurationError(f"default_timeout_s must be > 0, got {default_timeout_s!r}")
+        if batcher is not None and not isinstance(batcher, Batcher):
+            raise ConfigurationError(f"batcher must be a Batcher instance, got {batcher!r}")
+
+        self.model_cls = model_cls
+        self.model_obj = model_obj
+        self.batcher: Batcher = batcher if batcher is not None else ConcatBatcher()
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_batch_tokens = max_batch_tokens
+        self.num_workers = num_workers
+        self.devices = list(devices) if devices is not None else None
+        self.max_queue_size = max_queue_size
+        self.default_timeout_s = default_timeout_s
+        self.isolate_failures = isolate_failures
+        self.model_args: tuple[Any, ...] = tuple(model_args)
+        self.model_kwargs: dict[str, Any] = dict(model_kwargs or {})
+        self._limits = BatchLimits(max_batch_size, max_batch_tokens, max_delay_s, wait_n)
+        self._arg_range = _positional_range(target.predict_batch, bound=model_obj is not None)
+        self._models: list[Any] = []
+        self._workers: list[Worker] = []
+        self._stats = StatsRecorder()
+        self._queue = RequestQueue(max_queue_size)
+        self._queue.close()
+        self._scatter: Scatter | None = None
+        self._lifecycle = threading.Lock()
+        self._broken: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __call__(self, *model_args: Any, **model_kwargs: Any) -> ModelHost:
+        """Set the model's constructor arguments (batch-inference 1.0 style); returns ``self``."""
+        self.model_args, self.model_kwargs = model_args, model_kwargs
+        return self
+
+    @property
+    def running(self) -> bool:
+        """Whether the host accepts requests."""
+        return bool(self._workers) and self._broken is None
+
+    @property
+    def broken(self) -> bool:
+        """Whether a worker died; the host then refuses every request."""
+        return self._broken is not None
+
+    def start(self) -> ModelHost:
+        """Build the model(s) and start the workers. Starting a running host does nothing."""
+        with self._lifecycle:
+            if self._workers:
+                return self
+            if not self._models:
+                self._models = self._build_models()
+            self._broken = None
+            self._queue = RequestQueue(self.max_queue_size)
+            self._scatter = Scatter(self.batcher, self._stats)
+            devices = self.devices or [None] * self.num_workers
+            self._workers = [
+                Worker(i, model.predict_batch, device, self)
+                for i, (model, device) in enumerate(zip(self._models, devices))
+            ]
+            for worker in self._workers:
+                worker.thread.start()
+            return self
+
+    def _build_models(self) -> list[Any]:
+        if self.model_obj is not None:
+            return [self.model_obj] * self.num_workers
+        assert self.model_cls is not None
+        if self.devices is None:
+            models = [self.model_cls(*self.model_args, **self.model_kwargs)
+                      for _ in range(self.num_workers)]
+        else:
+            models = [self.model_cls(*self.model_args, device=device, **self.model_kwargs)
+                      for device in self.devices]
+        self.model_obj = models[0]
+        return models
+
+    def stop(self, cancel_pending: bool = False, timeout: float | None = None) -> bool:
+        """Stop accepting requests and shut the workers down.
+
+        Parameters
+        ----------
+        cancel_pending:
+            ``False`` (default): finish every accepted request first (drain).
+            ``True``: each request that has not started gets
+            :class:`~batch_inference.errors.HostStoppedError`.
+        timeout:
+            Most seconds to wait for the workers; ``None`` waits for them.
+
+        Returns
+        -------
+        bool
+            ``True`` when every worker has finished. Stopping a stopped host
+            returns ``True`` at once.
+        """
+        with self._lifecycle:
+            workers, self._workers = self._workers, []
+            if not workers:
+                return True
+            self._queue.close()
+            if cancel_pending:
+                self._fail_pending(HostStoppedError("the host was stopped before this request ran"))
+            deadline_s = None if timeout is None else time.monotonic() + timeout
+            me = threading.current_thread()
+            for worker in workers:
+                if worker.thread is not me:
+                    worker.thread.join(_remaining(deadline_s))
+            finished = not any(w.thread.is_alive() for w in workers if w.thread is not me)
+            if finished and self._scatter is not None:
+                self._scatter.close()
+            return finished
+
+    def __enter__(self) -> ModelHost:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> ModelHost:
+        return self.start()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
+    # ------------------------------------------------------------------ requests
+    def _make_request(
+        self, args: tuple[Any, ...], timeout: float | None, loop: asyncio.AbstractEventLoop | None
+    ) -> Request:
+        if self._broken is not None:
+            raise HostBrokenError("the host is broken: a worker died") from self._broken
+        low, high = self._arg_range
+        if not low <= len(args) <= high:
+            expected = str(low) if low == high else f"{low} to {high}"
+            raise InvalidRequestError(
+                f"predict_batch takes {expected} arguments, got {len(args)}"
+            )
+        info = self.batcher.inspect(args)
+        if timeout is None:
+            timeout = self.default_timeout_s
+        elif timeout <= 0:
+            raise InvalidRequestError(f"timeout must be > 0 seconds, got {timeout!r}")
+        now_s = time.monotonic()
+        request = Request(args, info, now_s, None if timeout is None else now_s + timeout)
+        if loop is not None:
+            request.loop = loop
+            request.loop_future = loop.create_future()
+        return request
+
+    def submit(self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False):
+        """Queue one request and return its :class:`concurrent.futures.Future`.
+
+        The future's result is what :meth:`predict` returns. Cancelling it
+        before its batch starts removes the request.
+        """
+        request = self._make_request(args, timeout, None)
+        self._put(request, wait_for_queue)
+        return request.future
+
+    def _put(self, request: Request, wait_for_queue: bool) -> None:
+        if not self._workers:
+            raise HostNotRunningError(
+                "the host is not running: call start() (or use `with host:`) before predict"
+            )
+        until_s = request.deadline_s if wait_for_queue else None
+        if wait_for_queue and until_s is None:
+            until_s = float("inf")
+        self._queue.put(request, until_s)
+
+    def predict(
+        self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
+    ) -> Any:
+        """Run one request through the model, batched with others; block for its result.
+
+        Parameters
+        ----------
+        *args:
+            The request: one value per argument of ``predict_batch``.
+        timeout:
+            Seconds to wait at most (default: the host's ``default_timeout_s``);
+            then :class:`~batch_inference.errors.RequestTimeoutError` is raised
+            and the request is removed if it has not started.
+        wait_for_queue:
+            With a full queue, wait for room (within ``timeout``) instead of
+            raising :class:`~batch_inference.errors.QueueFullError` at once.
+        """
+        request = self._make_request(args, timeout, None)
+        self._put(request, wait_for_queue)
+        future = request.future
+        try:
+            return future.result(_remaining(request.deadline_s))
+        except TimeoutError:
+            if future.done():
+                return future.result()  # its own outcome (maybe a RequestTimeoutError)
+            self._abandon(request, "timed_out")
+            raise RequestTimeoutError(_timeout_message(request)) from None
+        except BaseException:
+            self._abandon(request, "cancelled")
+            raise
+
+    async def predict_async(
+        self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
+    ) -> Any:
+        """Awaitable :meth:`predict` for asyncio callers; never blocks the event loop.
+
+        Cancelling the awaiting task removes the request if it has not started.
+        """
+        loop = asyncio.get_running_loop()
+        request = self._make_request(args, timeout, loop)
+        if wait_for_queue:
+            await loop.run_in_executor(None, self._put, request, True)
+        else:
+            self._put(request, False)
+        loop_future = request.loop_future
+        assert loop_future is not None
+        try:
+            async with asyncio.timeout(None if request.deadline_s is None
+                                       else loop.time() + _remaining(request.deadline_s)):
+                return await loop_future
+        except TimeoutError:
+            if not loop_future.cancelled():
+                raise  # the request's own outcome
+            self._abandon(request, "timed_out")
+            raise RequestTimeoutError(_timeout_message(request)) from None
+        except asyncio.CancelledError:
+            self._abandon(request, "cancelled")
+            raise
+
+    def _abandon(self, request: Request, kind: str) -> None:
+        """The caller gave up: drop the request if it has not started."""
+        if request.future.cancel():
+            self._queue.discard(request)
+            self._stats.count(kind)
+        elif kind == "timed_out":
+            self._stats.count(kind)
+
+    # ------------------------------------------------------------------ worker hooks
+    def _current_limits(self) -> BatchLimits:
+        return self._limits
+
+    def _expire(self, request: Request) -> None:
+        assert self._scatter is not None
+        self._scatter.fail([request], RequestTimeoutError(_timeout_message(request)), "timed_out")
+
+    def _lower_batch_limit(self, failed_size: int) -> None:
+        """After an out-of-memory error on ``failed_size`` requests, halve the limit."""
+        limits = self._limits
+        new_size = max(1, min(limits.max_batch_size, failed_size // 2))
+        if new_size < limits.max_batch_size:
+            self._limits = BatchLimits(new_size, limits.max_batch_tokens, limits.max_delay_s,
+                                       limits.full_batch_size)
+
+    def _fail_pending(self, error: BaseException) -> None:
+        pending = [r for r in self._queue.drain() if r.future.set_running_or_notify_cancel()]
+        if pending and self._scatter is not None:
+            self._scatter.fail(pending, error, "cancelled")
+
+    def _break(self, cause: BaseException, batch: list[Request]) -> None:
+        """A worker died: fail its batch and every pending request; refuse new ones."""
+        self._broken = cause
+        error = HostBrokenError(f"a worker died: {type(cause).__name__}: {cause}")
+        error.__cause__ = cause
+        self._queue.close()
+        settle([(r, error, True) for r in batch])
+        self._fail_pending(error)
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def batch_limit(self) -> int:
+        """The current ``max_batch_size`` (lowered after out-of-memory errors)."""
+        return self._limits.max_batch_size
+
+    def stats(self) -> HostStats:
+        """A snapshot of counters, batch sizes, padding and latency percentiles."""
+        return self._stats.snapshot(self._queue.accepted, len(self._queue))
+
+
+def _positional_range(method: Any, bound: bool) -> tuple[int, float]:
+    """How many positional arguments ``predict_batch`` takes: ``(least, most)``."""
+    try:
+        parameters = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return 0, float("inf")
+    if not bound and parameters and parameters[0].name == "self":
+        parameters = parameters[1:]
+    low, high = 0, 0.0
+    for p in parameters:
+        if p.kind == p.VAR_POSITIONAL:
+            high = float("inf")
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            high += 1
+            low += p.default is p.empty
+    return low, high
+
+
+def _remaining(deadline_s: float | None) -> float | None:
+    return None if deadline_s is None else max(0.0, deadline_s - time.monotonic())
+
+
+def _timeout_message(request: Request) -> str:
+    waited = time.monotonic() - request.enqueued_s
+    return f"no result within the deadline (waited {waited:.3f} s)"
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)

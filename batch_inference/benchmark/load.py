@@ -1,0 +1,151 @@
+"""Load generators: closed-loop clients (threads or asyncio tasks) and offline batches."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+
+
+@dataclass
+class LoadResult:
+    """What one load run measured.
+
+    Attributes
+    ----------
+    queries:
+        Calls completed.
+    wall_s:
+        Wall time from the first call to the last result.
+    latencies_s:
+        Per-call latency, in call order.
+    outputs:
+        Per-query results, indexed like the queries (when kept).
+    """
+
+    queries: int
+    wall_s: float
+    latencies_s: np.ndarray
+    outputs: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def qps(self) -> float:
+        """Queries per second."""
+        return self.queries / self.wall_s if self.wall_s > 0 else float("inf")
+
+    def latency_percentile_s(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q)) if self.latencies_s.size else 0.0
+
+    @property
+    def p50_s(self) -> float:
+        return self.latency_percentile_s(50)
+
+    @property
+    def p99_s(self) -> float:
+        return self.latency_percentile_s(99)
+
+
+def closed_loop(
+    call: Callable[..., Any],
+    queries: Sequence[tuple[Any, ...]],
+    clients: int,
+    keep_outputs: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> LoadResult:
+    """Send every query once from ``clients`` threads, each one call at a time.
+
+    ``call(*query)`` is what a client does (e.g. ``host.predict``). The first
+    exception raised by a call is re-raised here after all clients stop.
+    ``progress(n)`` is called after each completed call (from client threads).
+    """
+    if clients < 1:
+        raise ConfigurationError(f"clients must be >= 1, got {clients!r}")
+    n = len(queries)
+    latencies = np.zeros(n)
+    outputs: list[Any] = [None] * n if keep_outputs else []
+    counter = itertools.count()
+    errors: list[BaseException] = []
+    go = threading.Event()
+
+    def client() -> None:
+        go.wait()
+        while not errors and (i := next(counter)) < n:
+            started = time.perf_counter()
+            try:
+                out = call(*queries[i])
+            except BaseException as error:  # noqa: BLE001 - reported to the caller
+                errors.append(error)
+                return
+            latencies[i] = time.perf_counter() - started
+            if keep_outputs:
+                outputs[i] = out
+            if progress is not None:
+                progress(1)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(min(clients, n))]
+    for t in threads:
+        t.start()
+    started = time.perf_counter()
+    go.set()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return LoadResult(n, wall, latencies, outputs)
+
+
+async def async_closed_loop(
+    call: Callable[..., Awaitable[Any]],
+    queries: Sequence[tuple[Any, ...]],
+    concurrency: int,
+    keep_outputs: bool = False,
+) -> LoadResult:
+    """Like :func:`closed_loop` with ``concurrency`` asyncio tasks on the running loop."""
+    if concurrency < 1:
+        raise ConfigurationError(f"concurrency must be >= 1, got {concurrency!r}")
+    n = len(queries)
+    latencies = np.zeros(n)
+    outputs: list[Any] = [None] * n if keep_outputs else []
+    counter = itertools.count()
+
+    async def client() -> None:
+        while (i := next(counter)) < n:
+            started = time.perf_counter()
+            out = await call(*queries[i])
+            latencies[i] = time.perf_counter() - started
+            if keep_outputs:
+                outputs[i] = out
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(min(concurrency, n))))
+    wall = time.perf_counter() - started
+    return LoadResult(n, wall, latencies, outputs)
+
+
+def offline_batches(
+    predict_batch: Callable[..., Any],
+    batches: Sequence[tuple[Any, ...]],
+    synchronize: Callable[[], None] | None = None,
+) -> float:
+    """Seconds to run ``predict_batch(*batch)`` for every batch, back to back.
+
+    ``synchronize`` (e.g. ``torch.cuda.synchronize``) is called before the
+    clock starts and before it stops, so GPU work is timed whole.
+    """
+    if synchronize is not None:
+        synchronize()
+    started = time.perf_counter()
+    for batch in batches:
+        predict_batch(*batch)
+    if synchronize is not None:
+        synchronize()
+    return time.perf_counter() - started

@@ -225,7 +225,10 @@ class ModelHost:
                 if worker.thread is not me:
                     worker.thread.join(_remaining(deadline_s))
             finished = not any(w.thread.is_alive() for w in workers if w.thread is not me)
-            if finished and self._scatter is not None:
+            # Called from inside predict_batch, the calling worker still drains the queue and
+            # scatters through this Scatter after stop() returns: leave it open.
+            inside = any(w.thread is me for w in workers)
+            if finished and not inside and self._scatter is not None:
                 self._scatter.close()
             return finished
 

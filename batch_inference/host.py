@@ -252,7 +252,10 @@ class ModelHost:
             raise HostBrokenError("the host is broken: a worker died") from self._broken
         low, high = self._arg_range
         if not low <= len(args) <= high:
-            expected = str(low) if low == high else f"{low} to {high}"
+            if high == float("inf"):
+                expected = f"at least {low}"
+            else:
+                expected = str(low) if low == high else f"{low} to {int(high)}"
             raise InvalidRequestError(
                 f"predict_batch takes {expected} arguments, got {len(args)}"
             )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from ._request import Request
@@ -12,6 +14,9 @@ from .errors import HostNotRunningError, QueueFullError
 
 #: Called with requests the queue refuses to run (deadline passed before start).
 Expire = Callable[[Request], None]
+
+#: ``put(..., wait_for_space_until_s=_FOREVER)`` waits for room without a deadline.
+_FOREVER = float("inf")
 
 
 class RequestQueue:
@@ -30,6 +35,8 @@ class RequestQueue:
         self._closed = False
         self._max_size = max_size
         self.accepted = 0
+        # asyncio callers waiting for room: (loop, future) pairs, woken in order.
+        self._space_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -54,12 +61,56 @@ class RequestQueue:
                         raise QueueFullError(
                             f"the queue holds max_queue_size={self._max_size} requests"
                         )
-                    self._not_full.wait(remaining)
+                    self._not_full.wait(None if remaining == _FOREVER else remaining)
                     if self._closed:
                         raise HostNotRunningError("the host stopped while this request waited")
             self._items.append(request)
             self.accepted += 1
             self._not_empty.notify()
+
+    def put_or_wait(
+        self, request: Request, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future | None:
+        """Queue ``request`` and return ``None``; with the queue full, return a future instead.
+
+        For asyncio callers that wait for room: the future (of ``loop``) is set
+        when room frees or the queue closes; the caller then tries again, or
+        gives up with :meth:`forget_space_waiter`.
+        """
+        with self._lock:
+            if self._closed:
+                raise HostNotRunningError("the host is stopped; it accepts no new requests")
+            if self._max_size is not None and len(self._items) >= self._max_size:
+                room = loop.create_future()
+                self._space_waiters.append((loop, room))
+                return room
+            self._items.append(request)
+            self.accepted += 1
+            self._not_empty.notify()
+            return None
+
+    def forget_space_waiter(self, room: asyncio.Future) -> None:
+        """An asyncio caller stopped waiting for ``room``; pass on a wake-up it was sent."""
+        with self._lock:
+            for entry in self._space_waiters:
+                if entry[1] is room:
+                    self._space_waiters.remove(entry)
+                    return
+            # Already woken: that wake-up stood for free room, so hand it to the next waiter.
+            if self._max_size is None or len(self._items) < self._max_size:
+                self._wake_space_waiters(1)
+
+    def _wake_space_waiters(self, count: int | None) -> None:
+        """Wake up to ``count`` asyncio callers waiting for room (all for ``None``); locked."""
+        waiters = self._space_waiters
+        while waiters and (count is None or count > 0):
+            loop, room = waiters.popleft()
+            try:
+                loop.call_soon_threadsafe(_set_room, room)
+            except RuntimeError:  # that caller's loop is closed: nobody waits there
+                continue
+            if count is not None:
+                count -= 1
 
     def take(
         self, batcher: Batcher, limits: Callable[[], BatchLimits], expire: Expire
@@ -68,8 +119,24 @@ class RequestQueue:
 
         Chosen requests are marked running (``set_running_or_notify_cancel``):
         cancelled ones are dropped, and ones whose deadline passed are handed
-        to ``expire`` instead of being run.
+        to ``expire`` instead of being run. ``expire`` is called without the
+        lock held: settling a future runs its callbacks, which may call back
+        into the host (a callback that submits a request would deadlock).
         """
+        while True:
+            expired: list[Request] = []
+            try:
+                batch = self._take_locked(batcher, limits, expired)
+            finally:
+                for request in expired:
+                    expire(request)
+            if batch is None or batch:
+                return batch
+
+    def _take_locked(
+        self, batcher: Batcher, limits: Callable[[], BatchLimits], expired: list[Request]
+    ) -> list[Request] | None:
+        """:meth:`take` under the lock; ``[]`` when every chosen request had expired."""
         with self._lock:
             while True:
                 items = self._items
@@ -87,15 +154,17 @@ class RequestQueue:
                     continue
                 chosen = self._remove(selection.indices)
                 self._not_full.notify(len(chosen))
+                if self._space_waiters:
+                    self._wake_space_waiters(len(chosen))
                 batch = []
                 for request in chosen:
                     if not request.future.set_running_or_notify_cancel():
                         continue
                     if request.deadline_s is not None and request.deadline_s <= now_s:
-                        expire(request)
+                        expired.append(request)
                         continue
                     batch.append(request)
-                if batch:
+                if batch or expired:
                     return batch
 
     def _remove(self, indices: tuple[int, ...]) -> list[Request]:
@@ -118,6 +187,8 @@ class RequestQueue:
             except ValueError:
                 return False
             self._not_full.notify()
+            if self._space_waiters:
+                self._wake_space_waiters(1)
             return True
 
     def close(self) -> None:
@@ -126,15 +197,22 @@ class RequestQueue:
             self._closed = True
             self._not_empty.notify_all()
             self._not_full.notify_all()
+            self._wake_space_waiters(None)
 
     def drain(self) -> list[Request]:
         """Remove and return every waiting request."""
         with self._lock:
             items, self._items = self._items, []
             self._not_full.notify_all()
+            self._wake_space_waiters(None)
             return items
 
     def wake(self) -> None:
         """Wake waiting workers so they re-read the limits."""
         with self._lock:
             self._not_empty.notify_all()
+
+
+def _set_room(room: asyncio.Future) -> None:
+    if not room.done():  # its caller may have given up meanwhile
+        room.set_result(None)

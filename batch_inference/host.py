@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._queue import RequestQueue
+from ._queue import _FOREVER, RequestQueue
 from ._request import Request, settle
 from ._worker import Scatter, Worker
 from .batcher.base import Batcher, BatchLimits
@@ -20,6 +20,7 @@ from .errors import (
     HostNotRunningError,
     HostStoppedError,
     InvalidRequestError,
+    QueueFullError,
     RequestTimeoutError,
 )
 from .stats import HostStats, StatsRecorder
@@ -275,11 +276,18 @@ class ModelHost:
         """Queue one request and return its :class:`concurrent.futures.Future`.
 
         The future's result is what :meth:`predict` returns. Cancelling it
-        before its batch starts removes the request.
+        before its batch starts removes the request from the queue (it is
+        never run); ``cancel()`` returns ``False`` once its batch has started.
         """
         request = self._make_request(args, timeout, None)
         self._put(request, wait_for_queue)
+        request.future.add_done_callback(lambda future: self._on_cancel(future, request))
         return request.future
+
+    def _on_cancel(self, future: Any, request: Request) -> None:
+        if future.cancelled():
+            self._queue.discard(request)
+            self._stats.count("cancelled")
 
     def _put(self, request: Request, wait_for_queue: bool) -> None:
         if not self._workers:
@@ -288,8 +296,41 @@ class ModelHost:
             )
         until_s = request.deadline_s if wait_for_queue else None
         if wait_for_queue and until_s is None:
-            until_s = float("inf")
-        self._queue.put(request, until_s)
+            until_s = _FOREVER
+        try:
+            self._queue.put(request, until_s)
+        except HostNotRunningError:
+            self._raise_if_broken()
+            raise
+
+    async def _put_async(self, request: Request, loop: asyncio.AbstractEventLoop) -> None:
+        """``_put(request, wait_for_queue=True)`` for asyncio callers: waits without a thread."""
+        if not self._workers:
+            self._put(request, False)  # raises HostNotRunningError
+        queue = self._queue
+        while True:
+            try:
+                room = queue.put_or_wait(request, loop)
+            except HostNotRunningError:
+                self._raise_if_broken()
+                raise
+            if room is None:
+                return
+            try:
+                async with asyncio.timeout_at(_loop_deadline(loop, request.deadline_s)):
+                    await room
+            except BaseException as error:
+                queue.forget_space_waiter(room)
+                if isinstance(error, TimeoutError):
+                    raise QueueFullError(
+                        f"the queue still held max_queue_size={self.max_queue_size} requests "
+                        "when this request's timeout ran out"
+                    ) from None
+                raise
+
+    def _raise_if_broken(self) -> None:
+        if self._broken is not None:
+            raise HostBrokenError("the host is broken: a worker died") from self._broken
 
     def predict(
         self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
@@ -332,23 +373,25 @@ class ModelHost:
         loop = asyncio.get_running_loop()
         request = self._make_request(args, timeout, loop)
         if wait_for_queue:
-            await loop.run_in_executor(None, self._put, request, True)
+            await self._put_async(request, loop)
         else:
             self._put(request, False)
         loop_future = request.loop_future
         assert loop_future is not None
         try:
-            async with asyncio.timeout(None if request.deadline_s is None
-                                       else loop.time() + _remaining(request.deadline_s)):
+            async with asyncio.timeout_at(_loop_deadline(loop, request.deadline_s)):
                 return await loop_future
-        except TimeoutError:
-            if not loop_future.cancelled():
-                raise  # the request's own outcome
-            self._abandon(request, "timed_out")
-            raise RequestTimeoutError(_timeout_message(request)) from None
+        except TimeoutError as error:
+            if loop_future.cancelled() or not loop_future.done():  # the deadline passed
+                self._abandon(request, "timed_out")
+                raise RequestTimeoutError(_timeout_message(request)) from None
+            if loop_future.exception() is error:
+                raise  # the request's own outcome (a TimeoutError of the model, or expiry)
         except asyncio.CancelledError:
             self._abandon(request, "cancelled")
             raise
+        # The deadline fired just as the outcome arrived: the caller gets the outcome.
+        return loop_future.result()
 
     def _abandon(self, request: Request, kind: str) -> None:
         """The caller gave up: drop the request if it has not started."""
@@ -419,6 +462,11 @@ def _positional_range(method: Any, bound: bool) -> tuple[int, float]:
 
 def _remaining(deadline_s: float | None) -> float | None:
     return None if deadline_s is None else max(0.0, deadline_s - time.monotonic())
+
+
+def _loop_deadline(loop: asyncio.AbstractEventLoop, deadline_s: float | None) -> float | None:
+    """A ``time.monotonic()`` deadline on ``loop``'s clock, for ``asyncio.timeout``."""
+    return None if deadline_s is None else loop.time() + (deadline_s - time.monotonic())
 
 
 def _timeout_message(request: Request) -> str:

@@ -32,9 +32,15 @@ class Scatter:
     is quicker for a lone caller.
     """
 
-    def __init__(self, batcher: Batcher, stats: StatsRecorder) -> None:
+    def __init__(
+        self,
+        batcher: Batcher,
+        stats: StatsRecorder,
+        on_fatal: Callable[[BaseException, list[Request]], None] | None = None,
+    ) -> None:
         self._batcher = batcher
         self._stats = stats
+        self._on_fatal = on_fatal
         self._inbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="batch_inference-scatter",
                                         daemon=True)
@@ -63,7 +69,14 @@ class Scatter:
 
     def _loop(self) -> None:
         while (item := self._inbox.get()) is not None:
-            self.now(*item)
+            try:
+                self.now(*item)
+            except BaseException as error:  # noqa: BLE001 - e.g. SystemExit from unbatch
+                # Keep scattering the batches behind it, but the host is broken.
+                if self._on_fatal is None:
+                    self.fail(item[0], error)
+                else:
+                    self._on_fatal(error, item[0])
 
     def close(self) -> None:
         self._inbox.put(None)
@@ -144,7 +157,19 @@ class Worker:
         if len(requests) == 1 or not (host.isolate_failures or oom):
             host._scatter.fail(requests, error)
             return
+        # A retry is a new batch: requests whose deadline has passed are not run again.
+        now_s = time.monotonic()
+        expired = [r for r in requests if r.deadline_s is not None and r.deadline_s <= now_s]
+        if expired:
+            for request in expired:
+                host._expire(request)
+            requests = [r for r in requests if r not in expired]
+            if not requests:
+                return
         middle = len(requests) // 2
+        if middle == 0:  # one request left after expiry: it has failed (with others) once
+            self._execute(requests, retry=True)
+            return
         self._execute(requests[:middle], retry=True)
         self._execute(requests[middle:], retry=True)
 

@@ -172,7 +172,7 @@ class ModelHost:
                 self._models = self._build_models()
             self._broken = None
             self._queue = RequestQueue(self.max_queue_size)
-            self._scatter = Scatter(self.batcher, self._stats)
+            self._scatter = Scatter(self.batcher, self._stats, self._break)
             devices = self.devices or [None] * self.num_workers
             self._workers = [
                 Worker(i, model.predict_batch, device, self)

@@ -101,6 +101,29 @@ def tensor_ops(kind: str | None) -> tuple[TensorOps, ...]:
     raise ConfigurationError(f"tensor must be 'pt', 'np' or None, got {kind!r}")
 
 
+def dtype_name(dtype: Any) -> str:
+    """A dtype's name without its library's prefix.
+
+    ``torch.float32``, ``np.float32``, ``np.dtype("float32")`` and ``"float32"``
+    all give ``"float32"``; ``torch.int64``/``torch.long`` give ``"int64"``.
+    Raises :class:`~batch_inference.errors.ConfigurationError` for a value that
+    names no dtype.
+    """
+    text = str(dtype)
+    if text.startswith("torch."):
+        return text.removeprefix("torch.")
+    try:
+        return str(np.dtype(dtype))
+    except TypeError:
+        pass
+    if isinstance(dtype, str):
+        import torch
+
+        if isinstance(getattr(torch, dtype, None), torch.dtype):  # e.g. "bfloat16"
+            return str(getattr(torch, dtype)).removeprefix("torch.")
+    raise ConfigurationError(f"{dtype!r} is not a dtype")
+
+
 def ops_for(value: Any, accepted: Sequence[TensorOps]) -> TensorOps | None:
     """The first of ``accepted`` that handles ``value``, or ``None``."""
     for ops in accepted:

@@ -23,7 +23,7 @@ class BucketSeqBatcher(SeqBatcher):
 
     Parameters
     ----------
-    padding_tokens, tensor, max_length, output_seq_dim:
+    padding_tokens, tensor, max_length, output_seq_dim, dtypes:
         As for :class:`SeqBatcher`.
     buckets:
         Upper bounds of the buckets, strictly increasing positive integers.
@@ -36,8 +36,10 @@ class BucketSeqBatcher(SeqBatcher):
         tensor: str | None = None,
         max_length: int | None = None,
         output_seq_dim: int | None = 1,
+        *,
+        dtypes: Sequence[Any] | None = None,
     ) -> None:
-        super().__init__(padding_tokens, tensor, max_length, output_seq_dim)
+        super().__init__(padding_tokens, tensor, max_length, output_seq_dim, dtypes=dtypes)
         bounds = list(buckets)
         if not bounds or any(not isinstance(b, int) or b < 1 for b in bounds):
             raise ConfigurationError(f"buckets must be positive integers, got {buckets!r}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidRequestError
+from ..errors import ConfigurationError, InvalidRequestError
 from ._split import split_rows
-from ._tensor_ops import TensorOps, ops_for, tensor_ops
+from ._tensor_ops import TensorOps, dtype_name, ops_for, tensor_ops
 from .base import Batcher, RequestInfo
 
 __all__ = ["ConcatBatcher"]
@@ -25,11 +25,29 @@ class ConcatBatcher(Batcher):
     tensor:
         ``"pt"`` (``torch.Tensor`` arguments), ``"np"`` (``numpy.ndarray``), or
         ``None`` to accept both (requests of different kinds never share a batch).
+    dtypes:
+        The dtype each argument of ``predict_batch`` must have (a ``torch.dtype``,
+        a NumPy dtype or a name such as ``"int64"``; ``None`` for any), or
+        ``None`` (default) for no check. A request with another dtype, or with
+        another number of arguments, is refused in the caller's thread with
+        :class:`~batch_inference.errors.InvalidRequestError`. Without it,
+        requests of different dtypes (or trailing shapes) are accepted but never
+        share a batch: each runs with requests like itself, so it cannot spoil
+        the batch of others.
     """
 
-    def __init__(self, tensor: str | None = None) -> None:
+    def __init__(self, tensor: str | None = None, *, dtypes: Sequence[Any] | None = None) -> None:
         self.tensor = tensor
         self._accepted: tuple[TensorOps, ...] = tensor_ops(tensor)
+        if dtypes is not None and (
+            isinstance(dtypes, (str, bytes)) or not isinstance(dtypes, Sequence)
+        ):
+            raise ConfigurationError(
+                f"dtypes must be a list with one dtype (or None) per argument, got {dtypes!r}"
+            )
+        self.dtypes: list[str | None] | None = (
+            None if dtypes is None else [None if d is None else dtype_name(d) for d in dtypes]
+        )
 
     def _ops(self, position: int, value: Any) -> TensorOps:
         ops = ops_for(value, self._accepted)
@@ -64,8 +82,24 @@ class ConcatBatcher(Batcher):
                     f"argument {position} has {n} rows but argument 0 has {rows}: "
                     "all arguments of a request need the same size along dimension 0"
                 )
-            signature.append((ops.kind, ops.dtype_name(value), tuple(value.shape[1:])))
+            dtype = ops.dtype_name(value)
+            if self.dtypes is not None:
+                self._check_dtype(position, dtype, len(args))
+            signature.append((ops.kind, dtype, tuple(value.shape[1:])))
         return RequestInfo(length=1, rows=rows or 1, key=tuple(signature))
+
+    def _check_dtype(self, position: int, dtype: str, count: int) -> None:
+        expected = self.dtypes
+        assert expected is not None
+        if count != len(expected):
+            raise InvalidRequestError(
+                f"got {count} arguments, but dtypes names {len(expected)} (dtypes={expected!r})"
+            )
+        want = expected[position]
+        if want is not None and dtype.removeprefix("torch.") != want:
+            raise InvalidRequestError(
+                f"argument {position} has dtype {dtype.removeprefix('torch.')}, expected {want}"
+            )
 
     def batch(self, requests: Sequence[tuple[Any, ...]]) -> tuple[tuple[Any, ...], Any]:
         first = requests[0]

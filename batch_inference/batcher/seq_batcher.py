@@ -36,6 +36,8 @@ class SeqBatcher(ConcatBatcher):
         Dimension of each output that holds the sequence (``1`` for
         ``(batch, seq, hidden)``). An output is trimmed only where that
         dimension has the batch's padded length; ``None`` disables trimming.
+    dtypes:
+        As for :class:`ConcatBatcher`: the dtype each argument must have.
     """
 
     def __init__(
@@ -44,8 +46,10 @@ class SeqBatcher(ConcatBatcher):
         tensor: str | None = None,
         max_length: int | None = None,
         output_seq_dim: int | None = 1,
+        *,
+        dtypes: Sequence[Any] | None = None,
     ) -> None:
-        super().__init__(tensor=tensor)
+        super().__init__(tensor=tensor, dtypes=dtypes)
         if isinstance(padding_tokens, (str, bytes)) or not isinstance(padding_tokens, Sequence):
             raise ConfigurationError(
                 f"padding_tokens must be a list with one value per argument, got {padding_tokens!r}"

@@ -3,6 +3,7 @@
 from .base import Batcher, BatchLimits, RequestInfo, Selection, Waiting
 from .bucket_seq_batcher import BucketSeqBatcher
 from .concat_batcher import ConcatBatcher
+from .length_aware_batcher import LengthAwareBatcher
 from .seq_batcher import SeqBatcher
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "BatchLimits",
     "BucketSeqBatcher",
     "ConcatBatcher",
+    "LengthAwareBatcher",
     "RequestInfo",
     "Selection",
     "SeqBatcher",

@@ -1,0 +1,169 @@
+"""Choose which waiting sequences go together, so that batches are full and barely padded."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from ..errors import ConfigurationError
+from .base import BatchLimits, Selection, Waiting
+from .seq_batcher import SeqBatcher
+
+__all__ = ["LengthAwareBatcher"]
+
+#: A run of the length-sorted window: positions ``[start, end)`` of ``order``.
+_Segment = tuple[int, int]
+
+
+class LengthAwareBatcher(SeqBatcher):
+    """A :class:`SeqBatcher` that forms each batch from requests of similar length.
+
+    No buckets to choose. When the model is free, the batcher looks at the
+    oldest waiting requests (the *window*), sorts them by length and cuts the
+    sorted run into batches where padding would cost more than a separate
+    ``predict_batch`` call: the cuts minimise ``calls x call_cost_tokens +
+    padded tokens`` (an exact dynamic programme over the sorted window), within
+    ``max_batch_size`` requests and ``max_batch_tokens`` padded tokens per
+    batch. Then it dispatches one of those batches:
+
+    * the batch holding the oldest request, once that request has waited
+      ``max_delay_s`` (with the default ``max_delay_s=0``: always). So no
+      request waits more than one batch beyond ``max_delay_s`` for its batch to
+      start;
+    * before that, the best packed one (most real tokens per unit of cost):
+      a request that would pad badly is passed over and waits, within
+      ``max_delay_s``, for companions of its length, while the model stays busy.
+
+    The model is never kept idle while requests wait. When the host prepares a
+    batch ahead (the model is still busy; it asks with ``max_delay_s=inf``),
+    only a *full* batch is chosen: ``max_batch_size`` requests, or one more
+    request would pass ``max_batch_tokens``.
+
+    Parameters
+    ----------
+    padding_tokens, tensor, max_length, output_seq_dim:
+        As for :class:`SeqBatcher`.
+    call_cost_tokens:
+        The fixed cost of one ``predict_batch`` call, in padded tokens: how
+        many padding tokens are worth computing to save a call. On a CPU a BERT
+        call costs about as much as 30 to 60 tokens (the default, 64, is a safe
+        middle); on a GPU, where a call costs about as much as a thousand tokens
+        or more, raise it, and batches grow towards ``max_batch_size``.
+    window:
+        How many of the oldest waiting requests are considered at once;
+        ``None`` (default): four times ``max_batch_size``.
+    """
+
+    def __init__(
+        self,
+        padding_tokens: Sequence[Any],
+        tensor: str | None = None,
+        max_length: int | None = None,
+        output_seq_dim: int | None = 1,
+        *,
+        call_cost_tokens: float = 64,
+        window: int | None = None,
+    ) -> None:
+        super().__init__(padding_tokens, tensor, max_length, output_seq_dim)
+        if isinstance(call_cost_tokens, bool) or not (
+            isinstance(call_cost_tokens, (int, float)) and 0 <= call_cost_tokens < math.inf
+        ):
+            raise ConfigurationError(
+                f"call_cost_tokens must be a finite number >= 0, got {call_cost_tokens!r}"
+            )
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 1
+        ):
+            raise ConfigurationError(f"window must be a positive integer or None, got {window!r}")
+        self.call_cost_tokens = float(call_cost_tokens)
+        self.window = window
+
+    def select(self, waiting: Sequence[Waiting], limits: BatchLimits, now_s: float) -> Selection:
+        if not waiting:
+            return Selection()
+        size = max(self.window or 4 * limits.max_batch_size, limits.max_batch_size)
+        head = waiting[:size]
+        groups: dict[Hashable, list[int]] = {}
+        for index, item in enumerate(head):
+            groups.setdefault(item.info.key, []).append(index)
+        oldest_key = head[0].info.key
+        ahead = limits.max_delay_s == math.inf
+        due = not ahead and now_s - head[0].enqueued_s >= limits.max_delay_s
+
+        if due:  # the oldest request's batch goes now
+            members = groups[oldest_key]
+            order = sorted(members, key=lambda i: head[i].info.length)
+            for start, end in self._partition(head, order, limits):
+                if 0 in order[start:end]:
+                    return Selection(tuple(order[start:end]))
+        candidates: list[list[int]] = []
+        for members in groups.values():
+            order = sorted(members, key=lambda i: head[i].info.length)
+            segments = self._partition(head, order, limits)
+            candidates.extend(order[start:end] for start, end in segments)
+        if ahead:  # the model is busy: only a batch that cannot grow, the oldest's first
+            full = [chosen for chosen in candidates if self._full(head, chosen, limits)]
+            if not full:
+                return Selection()
+            return Selection(tuple(next((c for c in full if 0 in c), full[0])))
+        return Selection(tuple(max(candidates, key=lambda chosen: self._score(head, chosen))))
+
+    # ------------------------------------------------------------------ helpers
+    def _partition(
+        self, head: Sequence[Waiting], order: list[int], limits: BatchLimits
+    ) -> list[_Segment]:
+        """Cut the length-sorted ``order`` into runs of least total cost.
+
+        ``best[j]`` is the least cost of the first ``j`` requests; a run
+        ``[i, j)`` costs ``call_cost_tokens + rows(i..j) x length[j - 1]`` and
+        holds at most ``max_batch_size`` requests and ``max_batch_tokens``
+        padded tokens (a single request is always allowed).
+        """
+        count = len(order)
+        lengths = [head[i].info.length for i in order]
+        rows = [0] * (count + 1)
+        for position, i in enumerate(order):
+            rows[position + 1] = rows[position] + head[i].info.rows
+        budget = limits.max_batch_tokens
+        max_requests = limits.max_batch_size
+        call = self.call_cost_tokens
+        best = [0.0] * (count + 1)
+        cut = [0] * (count + 1)
+        for end in range(1, count + 1):
+            longest = lengths[end - 1]
+            total_rows = rows[end]
+            least, where = math.inf, end - 1
+            for start in range(end - 1, max(0, end - max_requests) - 1, -1):
+                padded = (total_rows - rows[start]) * longest
+                if budget is not None and padded > budget and start < end - 1:
+                    break
+                value = best[start] + padded
+                if value < least:
+                    least, where = value, start
+            best[end] = least + call
+            cut[end] = where
+        segments: list[_Segment] = []
+        end = count
+        while end > 0:
+            segments.append((cut[end], end))
+            end = cut[end]
+        segments.reverse()
+        return segments
+
+    def _full(self, head: Sequence[Waiting], chosen: list[int], limits: BatchLimits) -> bool:
+        """Whether waiting longer cannot make this batch larger."""
+        if len(chosen) >= limits.full_size:
+            return True
+        budget = limits.max_batch_tokens
+        if budget is None:
+            return False
+        infos = [head[i].info for i in chosen]
+        longest = max(info.length for info in infos)
+        return (sum(info.rows for info in infos) + 1) * longest > budget
+
+    def _score(self, head: Sequence[Waiting], chosen: list[int]) -> float:
+        """Real tokens per unit of cost (padded tokens plus the call)."""
+        infos = [head[i].info for i in chosen]
+        real = sum(info.rows * info.length for info in infos)
+        return real / (self.call_cost_tokens + self.padded_tokens(infos))

@@ -13,6 +13,9 @@ import numpy as np
 
 from ..errors import ConfigurationError
 
+#: ``str(dtype)`` per dtype seen, for :meth:`TensorOps.dtype_name` (a handful of entries).
+_DTYPE_NAMES: dict[Any, str] = {}
+
 
 class TensorOps:
     """Operations a batcher needs on one kind of array."""
@@ -34,7 +37,11 @@ class TensorOps:
         raise NotImplementedError
 
     def dtype_name(self, value: Any) -> str:
-        return str(value.dtype)
+        dtype = value.dtype
+        name = _DTYPE_NAMES.get(dtype)
+        if name is None:  # str() of a NumPy dtype costs microseconds: once per dtype
+            name = _DTYPE_NAMES[dtype] = str(dtype)
+        return name
 
 
 class TorchOps(TensorOps):

@@ -3,15 +3,24 @@
 Nothing here imports pandas, matplotlib or transformers at import time.
 """
 
+from .compare import MethodResult, StatsWindow, comparison_table, measure_host, stats_between
 from .load import LoadResult, async_closed_loop, closed_loop, offline_batches
 from .mode import environment, format_environment, run_mode
+from .results import load_results, save_results
 
 __all__ = [
     "LoadResult",
+    "MethodResult",
+    "StatsWindow",
     "async_closed_loop",
     "closed_loop",
+    "comparison_table",
     "environment",
     "format_environment",
+    "load_results",
+    "measure_host",
     "offline_batches",
     "run_mode",
+    "save_results",
+    "stats_between",
 ]

@@ -27,11 +27,15 @@ class LengthAwareBatcher(SeqBatcher):
     ``max_batch_size`` requests and ``max_batch_tokens`` padded tokens per
     batch. Then it dispatches one of those batches:
 
-    * the batch holding the oldest request, once that request has waited
-      ``max_delay_s`` (with the default ``max_delay_s=0``: always). So no
-      request waits more than one batch beyond ``max_delay_s`` for its batch to
-      start;
-    * before that, the best packed one (most real tokens per unit of cost):
+    * with ``max_delay_s=0`` (the host's default): always the batch holding
+      the oldest waiting request, so each batch serves the oldest first;
+    * with ``max_delay_s > 0``, once the oldest request has waited that long:
+      every request that has (oldest first, within the limits), with the
+      companions of its length. So no request waits more than one batch beyond
+      ``max_delay_s`` for its batch to start, as long as the due requests fit
+      in one batch. Choose ``max_delay_s`` of several batch durations: a
+      shorter delay forces badly padded batches;
+    * before that, the best packed batch (most real tokens per unit of cost):
       a request that would pad badly is passed over and waits, within
       ``max_delay_s``, for companions of its length, while the model stays busy.
 
@@ -92,11 +96,7 @@ class LengthAwareBatcher(SeqBatcher):
         due = not ahead and now_s - head[0].enqueued_s >= limits.max_delay_s
 
         if due:  # the oldest request's batch goes now
-            members = groups[oldest_key]
-            order = sorted(members, key=lambda i: head[i].info.length)
-            for start, end in self._partition(head, order, limits):
-                if 0 in order[start:end]:
-                    return Selection(tuple(order[start:end]))
+            return Selection(self._due_batch(head, groups[oldest_key], limits, now_s))
         candidates: list[list[int]] = []
         for members in groups.values():
             order = sorted(members, key=lambda i: head[i].info.length)
@@ -127,7 +127,7 @@ class LengthAwareBatcher(SeqBatcher):
             rows[position + 1] = rows[position] + head[i].info.rows
         budget = limits.max_batch_tokens
         max_requests = limits.max_batch_size
-        call = self.call_cost_tokens
+        call = self.call_cost_tokens + 1e-6  # on a tie, fewer calls
         best = [0.0] * (count + 1)
         cut = [0] * (count + 1)
         for end in range(1, count + 1):
@@ -150,6 +150,59 @@ class LengthAwareBatcher(SeqBatcher):
             end = cut[end]
         segments.reverse()
         return segments
+
+    def _due_batch(
+        self, head: Sequence[Waiting], members: list[int], limits: BatchLimits, now_s: float
+    ) -> tuple[int, ...]:
+        """The next batch once the oldest request is due: every due request that fits.
+
+        With ``max_delay_s == 0`` it is the oldest request's run of the sorted
+        window (so the oldest waiting request is in every batch). Otherwise,
+        usually, that is still the oldest request's run; when
+        requests of several runs are due at once, they all go together (oldest
+        first, within the limits), joined by the requests of the longest due
+        one's run that are no longer than it, so that none of them waits for
+        another batch.
+        """
+        order = sorted(members, key=lambda i: head[i].info.length)
+        run_of: dict[int, list[int]] = {}
+        for start, end in self._partition(head, order, limits):
+            chosen = order[start:end]
+            for i in chosen:
+                run_of[i] = chosen
+        delay_s = limits.max_delay_s
+        if delay_s <= 0:  # every request is due at once: the oldest leads, in its own run
+            return tuple(run_of[0])
+        due = []
+        for i in members:  # arrival order: the due requests come first
+            if now_s - head[i].enqueued_s < delay_s:
+                break
+            due.append(i)
+        if all(i in run_of[0] for i in due):
+            return tuple(run_of[0])
+        chosen = []
+        for i in due:
+            if len(chosen) < limits.max_batch_size and self._fits_with(head, chosen, i, limits):
+                chosen.append(i)
+        longest = max(chosen, key=lambda i: head[i].info.length)
+        length = head[longest].info.length
+        for i in sorted(run_of[longest], key=lambda i: -head[i].info.length):
+            if len(chosen) >= limits.max_batch_size:
+                break
+            if i not in chosen and head[i].info.length <= length and self._fits_with(
+                head, chosen, i, limits
+            ):
+                chosen.append(i)
+        return tuple(sorted(chosen, key=lambda i: head[i].info.length))
+
+    def _fits_with(
+        self, head: Sequence[Waiting], chosen: list[int], index: int, limits: BatchLimits
+    ) -> bool:
+        """Whether ``index`` may join ``chosen`` within ``max_batch_tokens``."""
+        if not chosen or limits.max_batch_tokens is None:
+            return True
+        infos = [head[i].info for i in chosen] + [head[index].info]
+        return self.padded_tokens(infos) <= limits.max_batch_tokens
 
     def _full(self, head: Sequence[Waiting], chosen: list[int], limits: BatchLimits) -> bool:
         """Whether waiting longer cannot make this batch larger."""

@@ -148,7 +148,9 @@ class Worker:
         """Split a failed batch until the failing requests stand alone.
 
         A batch of n requests costs at most 2n - 2 extra ``predict_batch``
-        calls; only requests that fail on their own get the error.
+        calls (every split makes at least two parts); only requests that fail
+        on their own get the error. After an out-of-memory error the parts are
+        at most the (lowered) batch limit, re-read before each part.
         """
         host = self._host
         oom = is_out_of_memory(error)
@@ -166,12 +168,15 @@ class Worker:
             requests = [r for r in requests if r not in expired]
             if not requests:
                 return
-        middle = len(requests) // 2
-        if middle == 0:  # one request left after expiry: it has failed (with others) once
+        if len(requests) == 1:  # alone after expiry: it failed with others, so try it alone
             self._execute(requests, retry=True)
             return
-        self._execute(requests[:middle], retry=True)
-        self._execute(requests[middle:], retry=True)
+        half = (len(requests) + 1) // 2
+        start = 0
+        while start < len(requests):
+            size = max(1, min(host.batch_limit, half)) if oom else half
+            self._execute(requests[start : start + size], retry=True)
+            start += size
 
 
 def _to_device(args: tuple[Any, ...], device: Any) -> tuple[Any, ...]:

@@ -616,3 +616,34 @@ def test_num_workers_builds_one_model_per_worker_and_runs_them_side_by_side(make
     release.set()
     assert torch.equal(blocked.result(10), rows_of(0) * 2)
     assert len(Blocking.instances) == 2
+
+
+@pytest.mark.timeout(30)
+def test_devices_build_one_model_per_device_and_move_inputs(make_host) -> None:
+    class OnDevice:
+        devices: list[str] = []
+
+        def __init__(self, device: str) -> None:
+            OnDevice.devices.append(device)
+            self.device = device
+
+        def predict_batch(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.device == torch.device(self.device)
+            return x * 2
+
+    host = make_host(OnDevice, devices=["cpu", "cpu"])
+    assert host.num_workers == 2 and OnDevice.devices == ["cpu", "cpu"]
+    assert torch.equal(host.predict(rows_of(3)), rows_of(3) * 2)
+
+
+@pytest.mark.timeout(30)
+def test_stop_with_a_timeout_reports_a_worker_still_busy(gated) -> None:
+    host = ModelHost(model_obj=gated).start()
+    running = host.submit(rows_of(1))
+    assert gated.entered.wait(10)
+    assert host.stop(timeout=0.01) is False  # the worker is blocked in predict_batch
+    assert not host.running
+    with pytest.raises(HostNotRunningError):
+        host.predict(rows_of(2))
+    gated.release.set()
+    assert torch.equal(running.result(10), rows_of(1) * 2)  # the running batch still ends

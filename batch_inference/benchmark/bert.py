@@ -88,7 +88,7 @@ def make_queries(
 ) -> list[tuple[Any, Any]]:
     """One ``(input_ids, attention_mask)`` query of shape ``(1, L)`` per length.
 
-    Token ids are random (with ``[CLS]``=101 first and ``[SEP]``=102 last where
+    Token ids are random (with ``[CLS]`` (101) first and ``[SEP]`` (102) last where
     the vocabulary has them): the model's cost depends on the length only.
     """
     import torch

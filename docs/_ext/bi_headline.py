@@ -1,0 +1,116 @@
+"""The home page's headline result, written from the BERT tutorial's own run.
+
+``conf.py`` points ``$BATCH_INFERENCE_RESULTS_DIR`` at ``docs/_generated``;
+sphinx-gallery runs the tutorials at ``builder-inited`` and the BERT tutorial
+saves ``bert_embedding.json`` there. Right after (a later ``builder-inited``
+handler, before any page is read) this extension turns it into
+``docs/_generated/headline.md``, which ``index.md`` includes. No number on the
+home page is typed by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sphinx.errors import ExtensionError
+
+from batch_inference.benchmark.results import RESULTS_DIR_VARIABLE, load_results
+
+RESULTS_NAME = "bert_embedding"
+HEADLINE_FILE = "headline.md"
+TUTORIAL_DOC = "/auto_tutorials/plot_bert_embedding"
+
+NOT_EXECUTED = (
+    "*This build did not execute the tutorials, so it quotes no measured result. "
+    "Build the docs with `tox -e docs` to measure it on your machine.*\n"
+)
+
+
+def _row(rows: list[dict[str, Any]], method: str, size: Any) -> dict[str, Any] | None:
+    return next((r for r in rows if r["Method"] == method
+                 and str(r["Max Batch Size Setting"]) == str(size)), None)
+
+
+def headline_markdown(payload: dict[str, Any]) -> str:
+    """Markdown for the home page from the BERT tutorial's saved results."""
+    rows = payload["rows"]
+    env = payload["environment"]
+    base = _row(rows, "Baseline", "/")
+    bucket = _row(rows, "Bucket Sequence Batcher", 32)
+    seq = _row(rows, "Sequence Batcher", 32)
+    if base is None or bucket is None or seq is None:
+        raise ExtensionError(f"the BERT results lack a row: {[r['Method'] for r in rows]}")
+    low, high = payload["lengths"]
+    lines = [
+        f"**Measured when these docs were built** ({env['device']}, torch {env['torch']}, "
+        f"{env['torch threads']} threads, {payload['mode']} mode, {payload['weights']}): "
+        f"{base['Query Count']} BERT-embedding queries of {low} to {high} tokens from "
+        f"{env['clients']} client threads. The **Bucket Sequence Batcher** served them at "
+        f"**{bucket['Queries/s']:.1f} queries/s, {bucket['Speed-up']:.2f}x** the throughput "
+        f"of calling `predict_batch` one query at a time ({base['Queries/s']:.1f} queries/s); "
+        f"the Sequence Batcher (max batch 32) reached {seq['Speed-up']:.2f}x. "
+        f"Details, latency and figures: {{doc}}`the BERT benchmark <{TUTORIAL_DOC}>`.",
+        "",
+        "| Method | Max batch size | Avg batch size | Execution time | Queries/s | Speed-up |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['Method']} | {r['Max Batch Size Setting']} | {r['Avg Batch Size']:.2f} | "
+            f"{r['Execution Time']:.2f} s | {r['Queries/s']:.1f} | {r['Speed-up']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def forget_results(results_dir: Path) -> None:
+    """Delete the saved results, so that only this build's run can provide them."""
+    (results_dir / f"{RESULTS_NAME}.json").unlink(missing_ok=True)
+
+
+def write_headline(results_dir: Path, executed: bool) -> str:
+    """Write ``headline.md`` into ``results_dir``; return its text.
+
+    Raises
+    ------
+    ExtensionError
+        When the tutorials were executed but the BERT tutorial saved no results.
+    """
+    if not executed:
+        text = NOT_EXECUTED
+    else:
+        payload = load_results(results_dir, RESULTS_NAME)
+        if payload is None:
+            raise ExtensionError(
+                f"the tutorials ran but {results_dir / (RESULTS_NAME + '.json')} is missing: "
+                "did tutorials/plot_bert_embedding.py run and reach save_results()?"
+            )
+        text = headline_markdown(payload)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / HEADLINE_FILE
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return text
+
+
+def _executed(app: Any) -> bool:
+    value = app.config.sphinx_gallery_conf.get("plot_gallery", True)
+    return str(value).lower() not in ("false", "0", "no")
+
+
+def _before_gallery(app: Any) -> None:
+    if _executed(app):
+        forget_results(Path(os.environ[RESULTS_DIR_VARIABLE]))
+
+
+def _after_gallery(app: Any) -> None:
+    write_headline(Path(os.environ[RESULTS_DIR_VARIABLE]), _executed(app))
+
+
+def setup(app: Any) -> dict[str, Any]:
+    # sphinx-gallery executes the tutorials in its builder-inited handler
+    # (priority 500); these run just before and after it.
+    app.connect("builder-inited", _before_gallery, priority=450)
+    app.connect("builder-inited", _after_gallery, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

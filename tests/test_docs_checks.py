@@ -1,0 +1,217 @@
+"""Tests of the docs' own machinery (docs/_ext) and of the code shown on the docs' pages."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+sys.path.insert(0, str(DOCS / "_ext"))
+
+from bi_checks import (  # noqa: E402
+    BERT_COLUMNS,
+    BERT_ROWS,
+    bert_table_problems,
+    figure_problems,
+    parse_page,
+    running_time_s,
+    site_problems,
+    tutorial_names,
+)
+
+GOOD_ROWS = [("Baseline", "/", "1.00"), ("Sequence Batcher", "4", "4.00"),
+             ("Sequence Batcher", "8", "7.90"), ("Sequence Batcher", "32", "30.1"),
+             ("Bucket Sequence Batcher", "32", "15.2")]
+
+
+def _bert_html(rows=GOOD_ROWS, seconds: str = "12.345", figures: int = 2) -> str:
+    """A page shaped like sphinx-gallery's output with a pandas table."""
+    header = "".join(f"<th>{c}</th>" for c in BERT_COLUMNS)
+    body = "".join(
+        f"<tr><th>{i}</th><td>{m}</td><td>800</td><td>3.21s</td><td>{s}</td><td>{a}</td>"
+        f"<td>249.2</td><td>1.5</td></tr>"
+        for i, (m, s, a) in enumerate(rows)
+    )
+    images = "".join(
+        f'<img src="../_images/sphx_glr_plot_bert_embedding_{i:03d}.png">'
+        for i in range(1, figures + 1)
+    )
+    return (
+        "<html><body><script>var x = '<table>';</script>"
+        '<table class="dataframe"><thead><tr style="text-align: right;"><th></th>'
+        f"{header}</tr></thead><tbody>{body}</tbody></table>{images}"
+        f"<p><strong>Total running time of the script:</strong> (0 minutes {seconds} seconds)</p>"
+        "</body></html>"
+    )
+
+
+def test_complete_bert_page_has_no_problems() -> None:
+    page = parse_page(_bert_html())
+    assert bert_table_problems(page) == []
+    assert running_time_s(page) == pytest.approx(12.345)
+
+
+@pytest.mark.parametrize("missing", range(len(BERT_ROWS)))
+def test_each_missing_bert_row_is_reported(missing: int) -> None:
+    rows = [r for i, r in enumerate(GOOD_ROWS) if i != missing]
+    problems = bert_table_problems(parse_page(_bert_html(rows)))
+    method, size = BERT_ROWS[missing]
+    assert problems == [f"the BERT table lacks the row {method!r} with max batch {size}"]
+
+
+def test_non_positive_measurement_is_reported() -> None:
+    rows = list(GOOD_ROWS)
+    rows[4] = ("Bucket Sequence Batcher", "32", "nan")
+    problems = bert_table_problems(parse_page(_bert_html(rows)))
+    assert len(problems) == 1 and "Avg Batch Size" in problems[0]
+
+
+def test_page_without_the_table_is_reported() -> None:
+    problems = bert_table_problems(parse_page("<html><body><p>no table</p></body></html>"))
+    assert problems and "no table" in problems[0]
+
+
+def test_running_time_minutes_and_absence() -> None:
+    page = parse_page("<p>Total running time of the script: ( 2 minutes 3.5 seconds)</p>")
+    assert running_time_s(page) == 123.5
+    assert running_time_s(parse_page("<p>nothing ran</p>")) is None
+
+
+def _site(tmp_path: Path, pages: dict[str, str]) -> Path:
+    gallery = tmp_path / "html" / "auto_tutorials"
+    (tmp_path / "html" / "_images").mkdir(parents=True)
+    gallery.mkdir()
+    for name, html in pages.items():
+        (gallery / f"{name}.html").write_text(html)
+    for i in (1, 2):
+        (tmp_path / "html" / "_images" / f"sphx_glr_plot_bert_embedding_{i:03d}.png").write_bytes(
+            b"png")
+    return tmp_path / "html"
+
+
+def test_site_problems_flags_unexecuted_and_missing_pages(tmp_path: Path) -> None:
+    html = _site(tmp_path, {
+        "plot_bert_embedding": _bert_html(),
+        "plot_quickstart": "<p>Total running time of the script: (0 minutes 0.000 seconds)</p>",
+        "plot_asyncio": "<p>code only, no timing</p>",
+    })
+    problems = site_problems(html, ["plot_asyncio", "plot_bert_embedding", "plot_custom",
+                                    "plot_quickstart"])
+    assert problems == [
+        "plot_asyncio: the page reports no running time (not executed?)",
+        f"plot_custom: no page at {html / 'auto_tutorials' / 'plot_custom.html'}",
+        "plot_quickstart: the page reports 0.0 seconds (not executed)",
+    ]
+
+
+def test_site_problems_accepts_a_good_site(tmp_path: Path) -> None:
+    html = _site(tmp_path, {"plot_bert_embedding": _bert_html()})
+    assert site_problems(html, ["plot_bert_embedding"]) == []
+
+
+def test_missing_figures_are_reported(tmp_path: Path) -> None:
+    html = _site(tmp_path, {"plot_bert_embedding": _bert_html(figures=1)})
+    page_path = html / "auto_tutorials" / "plot_bert_embedding.html"
+    problems = figure_problems(parse_page(page_path.read_text()), page_path,
+                               "plot_bert_embedding")
+    assert problems == ["plot_bert_embedding: 1 figure(s) on the page, expected 2+"]
+    (html / "_images" / "sphx_glr_plot_bert_embedding_001.png").unlink()
+    problems = figure_problems(parse_page(page_path.read_text()), page_path,
+                               "plot_bert_embedding", least=1)
+    assert problems == ["plot_bert_embedding: the figure "
+                        "../_images/sphx_glr_plot_bert_embedding_001.png is missing on disk"]
+
+
+def test_every_tutorial_is_checked() -> None:
+    names = tutorial_names(ROOT / "tutorials")
+    assert "plot_bert_embedding" in names
+    assert names == sorted(p.stem for p in (ROOT / "tutorials").glob("plot_*.py"))
+
+
+# ---------------------------------------------------------------- the home page's headline
+def _payload() -> dict:
+    rows = [
+        {"Method": m, "Query Count": 800, "Execution Time": t, "Max Batch Size Setting": s,
+         "Avg Batch Size": a, "Queries/s": q, "Speed-up": round(q / 100.0, 2)}
+        for m, s, a, t, q in [("Baseline", "/", 1.0, 8.0, 100.0),
+                              ("Sequence Batcher", 4, 4.0, 6.0, 133.3),
+                              ("Sequence Batcher", 8, 8.0, 5.0, 160.0),
+                              ("Sequence Batcher", 32, 31.2, 4.0, 200.0),
+                              ("Bucket Sequence Batcher", 32, 15.0, 3.0, 266.7)]
+    ]
+    env = {"device": "cpu (x86_64, 2 cores)", "torch": "2.13.0", "torch threads": "2",
+           "clients": "64"}
+    return {"environment": env, "mode": "quick", "weights": "MiniLM (pretrained)",
+            "lengths": [4, 100], "rows": rows}
+
+
+def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+
+    from batch_inference.benchmark.results import RESULTS_DIR_VARIABLE, save_results
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(RESULTS_DIR_VARIABLE, str(tmp_path))
+        save_results(bi_headline.RESULTS_NAME, _payload())
+    text = bi_headline.write_headline(tmp_path, executed=True)
+    assert (tmp_path / bi_headline.HEADLINE_FILE).read_text() == text
+    assert "**266.7 queries/s, 2.67x**" in text
+    assert "(100.0 queries/s)" in text and "reached 2.00x" in text
+    assert "MiniLM (pretrained)" in text and "quick mode" in text
+    assert len(re.findall(r"^\| (Baseline|Sequence Batcher|Bucket Sequence Batcher) \|", text,
+                          flags=re.M)) == 5
+
+
+def test_headline_refuses_missing_results_after_execution(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+    from sphinx.errors import ExtensionError
+
+    with pytest.raises(ExtensionError, match="bert_embedding.json is missing"):
+        bi_headline.write_headline(tmp_path, executed=True)
+    assert bi_headline.write_headline(tmp_path, executed=False) == bi_headline.NOT_EXECUTED
+
+
+def test_stale_results_are_forgotten_before_the_gallery_runs(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+
+    stale = tmp_path / f"{bi_headline.RESULTS_NAME}.json"
+    stale.write_text("{}")
+    bi_headline.forget_results(tmp_path)
+    assert not stale.exists()
+
+
+# ---------------------------------------------------------------- the code on the pages runs
+def _page_snippets() -> list[tuple[str, str]]:
+    """Every ```python fence of the Markdown pages (``{code-block}`` fragments are not run)."""
+    snippets = []
+    for page in sorted(DOCS.rglob("*.md")):
+        if "_build" in page.parts or "_generated" in page.parts:
+            continue
+        for i, code in enumerate(re.findall(r"^```python\n(.*?)^```", page.read_text(),
+                                            flags=re.M | re.S)):
+            snippets.append((f"{page.relative_to(DOCS)}#{i}", code))
+    return snippets
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where, code", _page_snippets(), ids=[w for w, _ in _page_snippets()])
+def test_page_snippet_runs(where: str, code: str, capsys: pytest.CaptureFixture[str]) -> None:
+    exec(compile(code, where, "exec"), {"__name__": "__snippet__"})
+    printed = capsys.readouterr().out
+    # A "# value" comment after print(...) on the page is what it prints.
+    for expected in re.findall(r"^print\(.*\)\s+# (.+?)(?::.*)?$", code, flags=re.M):
+        assert expected.strip() in printed, (expected, printed)
+
+
+def test_pages_have_snippets_to_run() -> None:
+    pages = {where.split("#")[0] for where, _ in _page_snippets()}
+    assert {"index.md", "getting_started.md", "model_host.md", "batcher/concat_batcher.md",
+            "batcher/seq_batcher.md", "batcher/bucket_seq_batcher.md",
+            "batcher/what_is_batcher.md"} <= pages

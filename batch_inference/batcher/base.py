@@ -76,7 +76,8 @@ class BatchLimits:
 
     @property
     def full_size(self) -> int:
-        return self.full_batch_size or self.max_batch_size
+        """Size at which a group is dispatched at once; never above ``max_batch_size``."""
+        return min(self.full_batch_size or self.max_batch_size, self.max_batch_size)
 
 
 @dataclass(frozen=True)

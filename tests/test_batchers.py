@@ -527,3 +527,11 @@ def test_seq_output_whose_dim_1_equals_the_padded_length_by_chance_is_left_alone
     pooled = torch.ones(2, 4)  # (batch, hidden=4): no sequence dimension
     results = batcher.unbatch({"pooled": pooled}, context)
     assert [tuple(r["pooled"].shape) for r in results] == [(1, 4), (1, 4)]
+
+
+def test_select_full_batch_size_above_max_batch_size_dispatches_a_batch_that_cannot_grow() -> None:
+    # wait_n=8 with max_batch_size=4: four waiting requests already make the largest batch
+    # allowed; holding them for max_delay_s gains nothing.
+    limits = BatchLimits(4, max_delay_s=100.0, full_batch_size=8)
+    assert limits.full_size == 4
+    assert ConcatBatcher().select(waiting(*[("a", 1)] * 4), limits, 0.0).indices == (0, 1, 2, 3)

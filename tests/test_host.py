@@ -647,3 +647,21 @@ def test_stop_with_a_timeout_reports_a_worker_still_busy(gated) -> None:
         host.predict(rows_of(2))
     gated.release.set()
     assert torch.equal(running.result(10), rows_of(1) * 2)  # the running batch still ends
+
+
+@pytest.mark.timeout(30)
+def test_a_model_constructor_error_reaches_start_and_the_host_stays_stopped() -> None:
+    class Broken:
+        def __init__(self) -> None:
+            raise OSError("weights not found")
+
+        def predict_batch(self, x: Any) -> Any:
+            return x
+
+    host = ModelHost(Broken)
+    with pytest.raises(OSError, match="weights not found"):
+        host.start()
+    assert not host.running
+    with pytest.raises(HostNotRunningError):
+        host.predict(rows_of(1))
+    assert host.stop() is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -25,13 +26,21 @@ class RequestQueue:
     Invariants: ``_items`` is in arrival order and is only read or changed
     under ``_lock``; every wait is a predicate loop on ``_not_empty`` or
     ``_not_full``, so a notification sent before a thread waits is never lost.
+    A taker whose model is busy (pipelining, see ``_pipeline.py``) waits on
+    ``_ahead`` instead, for a full batch; ``wake_ahead`` wakes it when its
+    model becomes idle, so it never waits there while its model is idle.
     """
 
     def __init__(self, max_size: int | None) -> None:
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
+        self._ahead = threading.Condition(self._lock)
+        # Queue length at which a taker waiting on _ahead is worth waking (see _take_locked).
+        self._ahead_at = 1
         self._items: list[Request] = []
+        # Taken by a prefetcher, not started yet (see start()); still count as waiting.
+        self._held: dict[Request, None] = {}
         self._closed = False
         self._max_size = max_size
         self.accepted = 0
@@ -39,7 +48,8 @@ class RequestQueue:
         self._space_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
 
     def __len__(self) -> int:
-        return len(self._items)
+        """Requests waiting to start: queued, or taken ahead by a prefetcher."""
+        return len(self._items) + len(self._held)
 
     def put(self, request: Request, wait_for_space_until_s: float | None = None) -> None:
         """Queue ``request``, or raise at once.
@@ -67,6 +77,8 @@ class RequestQueue:
             self._items.append(request)
             self.accepted += 1
             self._not_empty.notify()
+            if len(self._items) >= self._ahead_at:
+                self._ahead.notify()
 
     def put_or_wait(
         self, request: Request, loop: asyncio.AbstractEventLoop
@@ -87,6 +99,8 @@ class RequestQueue:
             self._items.append(request)
             self.accepted += 1
             self._not_empty.notify()
+            if len(self._items) >= self._ahead_at:
+                self._ahead.notify()
             return None
 
     def forget_space_waiter(self, room: asyncio.Future) -> None:
@@ -113,9 +127,20 @@ class RequestQueue:
                 count -= 1
 
     def take(
-        self, batcher: Batcher, limits: Callable[[], BatchLimits], expire: Expire
+        self,
+        batcher: Batcher,
+        limits: Callable[[], BatchLimits],
+        expire: Expire,
+        busy: Callable[[], bool] | None = None,
     ) -> list[Request] | None:
         """Block until the batcher selects a batch; ``None`` once closed and empty.
+
+        With ``busy`` (a prefetcher taking for one worker), the chosen requests
+        are *held*, not started: :meth:`start` starts them when the model runs
+        them, so until then they can still be cancelled, expire, or be drained.
+        While ``busy()`` (that worker's model is running a batch), only a batch
+        that cannot grow is taken, and only one holding the oldest request:
+        the batcher is asked with ``max_delay_s=inf``.
 
         Chosen requests are marked running (``set_running_or_notify_cancel``):
         cancelled ones are dropped, and ones whose deadline passed are handed
@@ -126,7 +151,7 @@ class RequestQueue:
         while True:
             expired: list[Request] = []
             try:
-                batch = self._take_locked(batcher, limits, expired)
+                batch = self._take_locked(batcher, limits, expired, busy)
             finally:
                 for request in expired:
                     expire(request)
@@ -134,19 +159,39 @@ class RequestQueue:
                 return batch
 
     def _take_locked(
-        self, batcher: Batcher, limits: Callable[[], BatchLimits], expired: list[Request]
+        self,
+        batcher: Batcher,
+        limits: Callable[[], BatchLimits],
+        expired: list[Request],
+        busy: Callable[[], bool] | None,
     ) -> list[Request] | None:
         """:meth:`take` under the lock; ``[]`` when every chosen request had expired."""
         with self._lock:
             while True:
                 items = self._items
+                ahead = busy is not None and not self._closed and busy()
                 if not items:
                     if self._closed:
                         return None
-                    self._not_empty.wait()
+                    (self._ahead if ahead else self._not_empty).wait()
                     continue
                 now_s = time.monotonic()
-                selection = batcher.select(items, limits(), now_s)
+                if ahead:
+                    current = limits()
+                    if current.max_batch_tokens is None and len(items) < current.full_size:
+                        selection = None  # too few requests for a full batch
+                    else:
+                        ahead_limits = dataclasses.replace(current, max_delay_s=_FOREVER)
+                        selection = batcher.select(items, ahead_limits, now_s)
+                    if selection is None or 0 not in selection.indices:
+                        # Nothing full serves the oldest yet: ask again once a few more came.
+                        step = max(1, current.full_size // 8)
+                        least = current.full_size if current.max_batch_tokens is None else 1
+                        self._ahead_at = max(len(items) + step, least)
+                        self._ahead.wait()
+                        continue
+                else:
+                    selection = batcher.select(items, limits(), now_s)
                 if not selection.indices:
                     wait_s = None if selection.wake_at_s is None else selection.wake_at_s - now_s
                     if wait_s is None or wait_s > 0:
@@ -156,6 +201,9 @@ class RequestQueue:
                 self._not_full.notify(len(chosen))
                 if self._space_waiters:
                     self._wake_space_waiters(len(chosen))
+                if busy is not None:  # a prefetcher's: they start when its model runs them
+                    self._held.update(dict.fromkeys(chosen))
+                    return chosen
                 batch = []
                 for request in chosen:
                     if not request.future.set_running_or_notify_cancel():
@@ -166,6 +214,31 @@ class RequestQueue:
                     batch.append(request)
                 if batch or expired:
                     return batch
+
+    def start(self, requests: list[Request], expire: Expire) -> list[Request]:
+        """Start held requests (their model runs them now); return those still to run.
+
+        Cancelled ones are dropped; ones drained meanwhile (by stop or a broken
+        host) are answered by whoever drained them; ones whose deadline passed
+        go to ``expire`` (called without the lock).
+        """
+        expired: list[Request] = []
+        batch: list[Request] = []
+        with self._lock:
+            held = self._held
+            now_s = time.monotonic()
+            for request in requests:
+                if held.pop(request, False) is not None:
+                    continue  # drained
+                if not request.future.set_running_or_notify_cancel():
+                    continue
+                if request.deadline_s is not None and request.deadline_s <= now_s:
+                    expired.append(request)
+                    continue
+                batch.append(request)
+        for request in expired:
+            expire(request)
+        return batch
 
     def _remove(self, indices: tuple[int, ...]) -> list[Request]:
         items = self._items
@@ -185,7 +258,7 @@ class RequestQueue:
             try:
                 self._items.remove(request)
             except ValueError:
-                return False
+                return self._held.pop(request, False) is None
             self._not_full.notify()
             if self._space_waiters:
                 self._wake_space_waiters(1)
@@ -196,16 +269,23 @@ class RequestQueue:
         with self._lock:
             self._closed = True
             self._not_empty.notify_all()
+            self._ahead.notify_all()
             self._not_full.notify_all()
             self._wake_space_waiters(None)
 
     def drain(self) -> list[Request]:
         """Remove and return every waiting request."""
         with self._lock:
-            items, self._items = self._items, []
+            items, self._items = self._items + list(self._held), []
+            self._held.clear()
             self._not_full.notify_all()
             self._wake_space_waiters(None)
             return items
+
+    def wake_ahead(self) -> None:
+        """A taker's model became idle: wake takers waiting for a full batch."""
+        with self._lock:
+            self._ahead.notify_all()
 
     def wake(self) -> None:
         """Wake waiting workers so they re-read the limits."""

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._queue import RequestQueue
+from ._pipeline import Prefetcher, Prepared
 from ._request import Request, settle
 from .batcher.base import Batcher
 from .errors import OutputMismatchError
@@ -85,7 +85,12 @@ class Scatter:
 
 
 class Worker:
-    """One model replica fed from the shared queue, on its own thread."""
+    """One model replica fed from the shared queue, on its own thread.
+
+    Its :class:`~batch_inference._pipeline.Prefetcher` forms and prepares the
+    next batch while the model runs the current one; ``thread`` (the model
+    thread) only runs prepared batches.
+    """
 
     def __init__(
         self,
@@ -101,34 +106,57 @@ class Worker:
         self.thread = threading.Thread(
             target=self._loop, name=f"batch_inference-worker-{index}", daemon=True
         )
+        self._prefetcher = Prefetcher(
+            host._queue, host.batcher, host._current_limits, host._expire, self._prepare,
+            host._break, name=f"batch_inference-prefetch-{index}",
+        )
 
     def _loop(self) -> None:
         host = self._host
-        queue_: RequestQueue = host._queue
+        prefetcher = self._prefetcher
         batch: list[Request] = []
         try:
-            take = queue_.take
-            while (batch := take(host.batcher, host._current_limits, host._expire)) is not None:
-                self._execute(batch, retry=False)
+            prefetcher.thread.start()
+            while (prepared := prefetcher.next()) is not None:
+                batch = host._queue.start(prepared.requests, host._expire)
+                if batch:
+                    if len(batch) < len(prepared.requests):  # some were cancelled meanwhile
+                        prepared = self._prepare(batch)
+                    self._run(prepared, retry=False)
                 batch = []
+                prefetcher.ran()
         except BaseException as error:  # noqa: BLE001 - a dying worker must fail every caller
+            prefetcher.model_died(error)
             host._break(error, batch)
 
-    def _execute(self, requests: list[Request], retry: bool) -> None:
-        host = self._host
-        batcher: Batcher = host.batcher
-        started_s = time.monotonic()
+    def _prepare(self, requests: list[Request]) -> Prepared:
+        """Gather, pad and stack the requests, and copy them to the device."""
         try:
-            args, context = batcher.batch([r.args for r in requests])
+            args, context = self._host.batcher.batch([r.args for r in requests])
             if self._device is not None:
                 args = _to_device(args, self._device)
-            outputs = self._predict(*args)
+        except Exception as error:
+            return Prepared(requests, error=error)
+        return Prepared(requests, args, context)
+
+    def _execute(self, requests: list[Request], retry: bool) -> None:
+        self._run(self._prepare(requests), retry)
+
+    def _run(self, prepared: Prepared, retry: bool) -> None:
+        host = self._host
+        requests = prepared.requests
+        started_s = time.monotonic()
+        try:
+            if prepared.error is not None:
+                raise prepared.error
+            outputs = self._predict(*prepared.args)
         except Exception as error:
             self._record(requests, started_s, retry)
             self._recover(requests, error)
             return
         self._record(requests, started_s, retry)
-        if not retry and len(host._queue):
+        context = prepared.context
+        if not retry and (len(host._queue) or self._prefetcher.has_next()):
             host._scatter.later(requests, outputs, context)  # the next batch is waiting
         else:
             host._scatter.now(requests, outputs, context)

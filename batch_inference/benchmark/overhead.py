@@ -1,0 +1,117 @@
+"""What the host itself costs: a model that does nothing, driven as hard as possible.
+
+Three figures: requests per second from many threads, requests per second from
+many asyncio tasks, and the latency a lone caller adds over calling
+``predict_batch`` directly (median). Nothing here imports pandas, matplotlib
+or transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..batcher.concat_batcher import ConcatBatcher
+from ..errors import ConfigurationError
+from ..host import ModelHost
+from .load import async_closed_loop, closed_loop
+
+__all__ = [
+    "NoOpModel",
+    "OverheadResult",
+    "async_requests_per_s",
+    "lone_caller_added_s",
+    "measure_overhead",
+    "thread_requests_per_s",
+]
+
+
+class NoOpModel:
+    """``predict_batch(x) -> x``: the model that does nothing."""
+
+    def predict_batch(self, x: Any) -> Any:
+        return x
+
+
+def _queries(count: int) -> list[tuple[np.ndarray]]:
+    row = np.zeros((1, 4), dtype=np.float32)
+    return [(row,)] * count
+
+
+def _host(max_batch_size: int) -> ModelHost:
+    return ModelHost(model_obj=NoOpModel(), batcher=ConcatBatcher(tensor="np"),
+                     max_batch_size=max_batch_size)
+
+
+def thread_requests_per_s(threads: int = 64, requests: int = 50_000,
+                          max_batch_size: int = 64) -> float:
+    """Requests per second through ``host.predict`` from ``threads`` threads."""
+    queries = _queries(requests)
+    with _host(max_batch_size) as host:
+        closed_loop(host.predict, queries[: min(requests, 2_000)], threads)  # warm up
+        return closed_loop(host.predict, queries, threads).qps
+
+
+def async_requests_per_s(tasks: int = 1_000, requests: int = 100_000,
+                         max_batch_size: int = 256) -> float:
+    """Requests per second through ``host.predict_async`` from ``tasks`` asyncio tasks."""
+    queries = _queries(requests)
+
+    async def run() -> float:
+        with _host(max_batch_size) as host:
+            await async_closed_loop(host.predict_async, queries[: min(requests, 5_000)], tasks)
+            return (await async_closed_loop(host.predict_async, queries, tasks)).qps
+
+    return asyncio.run(run())
+
+
+def lone_caller_added_s(calls: int = 2_000) -> float:
+    """Median latency ``host.predict`` adds over ``predict_batch`` itself, for one caller."""
+    if calls < 1:
+        raise ConfigurationError(f"calls must be >= 1, got {calls!r}")
+    model = NoOpModel()
+    query = _queries(1)[0]
+    direct, hosted = [], []
+    with _host(32) as host:
+        for _ in range(min(calls, 200)):
+            host.predict(*query)  # warm up
+        for _ in range(calls):  # interleaved, so drift hits both alike
+            started = time.perf_counter()
+            model.predict_batch(*query)
+            middle = time.perf_counter()
+            host.predict(*query)
+            direct.append(middle - started)
+            hosted.append(time.perf_counter() - middle)
+    return statistics.median(hosted) - statistics.median(direct)
+
+
+@dataclass(frozen=True)
+class OverheadResult:
+    """The three overhead figures (see the module docstring)."""
+
+    thread_requests_per_s: float
+    threads: int
+    async_requests_per_s: float
+    tasks: int
+    lone_caller_added_ms: float
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_overhead(quick: bool = True) -> OverheadResult:
+    """All three figures; ``quick`` keeps each measurement to about a second."""
+    threads, tasks = 64, 1_000
+    scale = 1 if quick else 4
+    return OverheadResult(
+        thread_requests_per_s=thread_requests_per_s(threads, 30_000 * scale),
+        threads=threads,
+        async_requests_per_s=async_requests_per_s(tasks, 100_000 * scale),
+        tasks=tasks,
+        lone_caller_added_ms=lone_caller_added_s(2_000 * scale) * 1e3,
+    )

@@ -1,0 +1,219 @@
+"""Scheduling policies side by side, against the offline ceiling of the same queries.
+
+The ceiling is what no dynamic batching can beat: the same queries run
+offline, sorted by length, in full batches (so almost nothing is padded and
+no call is small). :func:`compare_policies` measures it and each policy in
+one run, alternating them, so that the percentages compare like with like.
+
+Nothing here imports pandas, matplotlib or transformers at import time.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..batcher.base import Batcher
+from ..errors import ConfigurationError
+from ..host import ModelHost
+from .load import closed_loop, offline_batches
+
+__all__ = [
+    "Policy",
+    "PolicyResult",
+    "compare_policies",
+    "length_sorted_batches",
+    "offline_ceiling_qps",
+    "run_policy",
+]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named way of serving: a batcher and the host's settings for it."""
+
+    name: str
+    batcher: Batcher
+    max_batch_size: int = 32
+    max_delay_s: float = 0.0
+    host_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One policy at one concurrency level.
+
+    Attributes
+    ----------
+    policy, clients:
+        What ran, and how many client threads sent queries (one at a time each).
+    queries, wall_s, qps:
+        Queries answered, wall time and queries per second.
+    p50_ms, p99_ms:
+        Latency percentiles seen by the clients (milliseconds).
+    mean_batch_size, padding_efficiency:
+        From the host's stats over the measured run only.
+    max_queue_wait_ms:
+        Longest a request waited for its batch to start (host stats).
+    ceiling_qps, pct_of_ceiling:
+        The offline ceiling measured in the same run, and ``qps`` as a
+        percentage of it.
+    """
+
+    policy: str
+    clients: int
+    queries: int
+    wall_s: float
+    qps: float
+    p50_ms: float
+    p99_ms: float
+    mean_batch_size: float
+    padding_efficiency: float
+    max_queue_wait_ms: float
+    ceiling_qps: float = 0.0
+    pct_of_ceiling: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """The result as a plain dict (a table row, or JSON)."""
+        return asdict(self)
+
+
+def length_sorted_batches(
+    queries: Sequence[tuple[Any, ...]], batch_size: int, padding_tokens: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    """The queries sorted by length and stacked into padded batches of ``batch_size``.
+
+    Each query is a tuple of ``(1, length)`` tensors; argument ``j`` is padded
+    with ``padding_tokens[j]``.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ConfigurationError(f"batch_size must be >= 1, got {batch_size!r}")
+    ordered = sorted(queries, key=lambda q: int(q[0].shape[-1]))
+    batches = []
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start : start + batch_size]
+        longest = int(chunk[-1][0].shape[-1])
+        args = []
+        for position, token in enumerate(padding_tokens):
+            first = chunk[0][position]
+            out = torch.full((len(chunk), longest), token, dtype=first.dtype)
+            for row, query in enumerate(chunk):
+                value = query[position]
+                out[row, : value.shape[-1]] = value[0]
+            args.append(out)
+        batches.append(tuple(args))
+    return batches
+
+
+def offline_ceiling_qps(
+    predict_batch: Callable[..., Any],
+    batches: Sequence[tuple[Any, ...]],
+    queries: int,
+    synchronize: Callable[[], None] | None = None,
+) -> float:
+    """Queries per second of running the prepared ``batches`` back to back."""
+    return queries / offline_batches(predict_batch, batches, synchronize)
+
+
+def run_policy(
+    model: Any,
+    policy: Policy,
+    queries: Sequence[tuple[Any, ...]],
+    clients: int,
+    warmup: int = 64,
+) -> PolicyResult:
+    """Serve ``queries`` through a fresh host with ``policy`` from ``clients`` threads.
+
+    The first ``warmup`` queries are sent once before the clock starts; the
+    batch sizes, padding and queue wait come from the host's stats over the
+    measured run only.
+    """
+    host = ModelHost(
+        model_obj=model,
+        batcher=policy.batcher,
+        max_batch_size=policy.max_batch_size,
+        max_delay_s=policy.max_delay_s,
+        **dict(policy.host_options),
+    )
+    with host:
+        if warmup:
+            closed_loop(host.predict, queries[:warmup], clients)
+        before = host.stats()
+        load = closed_loop(host.predict, queries, clients)
+        after = host.stats()
+    batches = {
+        size: count - before.batch_sizes.get(size, 0)
+        for size, count in after.batch_sizes.items()
+    }
+    calls = sum(batches.values())
+    real = after.real_tokens - before.real_tokens
+    padded = after.padded_tokens - before.padded_tokens
+    return PolicyResult(
+        policy=policy.name,
+        clients=clients,
+        queries=load.queries,
+        wall_s=load.wall_s,
+        qps=load.qps,
+        p50_ms=load.p50_s * 1e3,
+        p99_ms=load.p99_s * 1e3,
+        mean_batch_size=sum(k * v for k, v in batches.items()) / calls if calls else 0.0,
+        padding_efficiency=real / padded if padded else 1.0,
+        max_queue_wait_ms=after.queue_wait_s.max * 1e3,
+    )
+
+
+def compare_policies(
+    model: Any,
+    policies: Sequence[Policy],
+    queries: Sequence[tuple[Any, ...]],
+    clients: Sequence[int],
+    ceiling_batch_size: int = 32,
+    padding_tokens: Sequence[Any] = (0, 0),
+    repeats: int = 1,
+    synchronize: Callable[[], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[PolicyResult], list[float]]:
+    """Measure the ceiling and every policy at every concurrency, alternating.
+
+    Each repeat measures the ceiling, then every (clients, policy) pair. A
+    policy's ``pct_of_ceiling`` compares its median qps over the repeats with
+    the median ceiling.
+
+    Returns
+    -------
+    results, ceilings
+        One :class:`PolicyResult` per (clients, policy), with medians over the
+        repeats; and every ceiling measurement (queries per second).
+    """
+    if repeats < 1:
+        raise ConfigurationError(f"repeats must be >= 1, got {repeats!r}")
+    predict = model.predict_batch
+    offline = length_sorted_batches(queries, ceiling_batch_size, padding_tokens)
+    offline_batches(predict, offline[:2], synchronize)  # warm up
+    ceilings: list[float] = []
+    runs: dict[tuple[int, str], list[PolicyResult]] = {}
+    for _ in range(repeats):
+        ceilings.append(offline_ceiling_qps(predict, offline, len(queries), synchronize))
+        for count in clients:
+            for policy in policies:
+                if progress is not None:
+                    progress(f"{policy.name} with {count} clients")
+                runs.setdefault((count, policy.name), []).append(
+                    run_policy(model, policy, queries, count)
+                )
+    ceiling = statistics.median(ceilings)
+    results = []
+    for measured in runs.values():
+        middle = sorted(measured, key=lambda r: r.qps)[len(measured) // 2]
+        results.append(_with_ceiling(middle, ceiling))
+    return results, ceilings
+
+
+def _with_ceiling(result: PolicyResult, ceiling_qps: float) -> PolicyResult:
+    fields = result.record()
+    fields.update(ceiling_qps=ceiling_qps, pct_of_ceiling=100.0 * result.qps / ceiling_qps)
+    return PolicyResult(**fields)

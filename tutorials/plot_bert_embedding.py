@@ -25,8 +25,11 @@ Two sizes, chosen once from the hardware (``batch_inference.benchmark.run_mode``
   ``bert-base-uncased`` (pretrained where the weights are available offline,
   otherwise a randomly initialised model of the same shape: the compute is the
   same; the page prints which one ran), 64 clients;
-* **quick** (on a CPU): 800 queries through the real ``all-MiniLM-L6-v2``
+* **quick** (on a CPU): 400 queries through the real ``all-MiniLM-L6-v2``
   weights (a 6-layer BERT), 64 clients, so the docs build stays short.
+
+Each method runs three times, interleaved with the others; the table shows
+each method's median run.
 
 Set ``BATCH_INFERENCE_MODE=quick`` or ``BATCH_INFERENCE_MODE=full`` to choose,
 e.g. ``BATCH_INFERENCE_MODE=full python tutorials/plot_bert_embedding.py``.
@@ -59,6 +62,7 @@ from batch_inference.benchmark import (
     environment,
     format_environment,
     measure_host,
+    median_of_rounds,
     run_mode,
     save_results,
 )
@@ -69,8 +73,9 @@ MODE = run_mode()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = {
     "full": {"model": "bert-base", "queries": 2000, "clients": 64, "warmup": 256},
-    "quick": {"model": "minilm", "queries": 800, "clients": 64, "warmup": 64},
+    "quick": {"model": "minilm", "queries": 400, "clients": 64, "warmup": 64},
 }[MODE]
+ROUNDS = 3  # each method runs this many times, interleaved; its median run is reported
 BUCKETS = [16, 32, 64]
 CHECKED = 32  # answers compared with the model run on each query alone
 SHORTEST, LONGEST = 4, 100  # query lengths in tokens: every bucket gets queries
@@ -78,7 +83,7 @@ SHORTEST, LONGEST = 4, 100  # query lengths in tokens: every bucket gets queries
 loaded = load_bert(SIZES["model"], device=DEVICE)
 model = BertEmbedding(loaded.model, device=DEVICE)
 env = environment(MODE, weights=loaded.weights, queries=SIZES["queries"],
-                  clients=SIZES["clients"])
+                  clients=SIZES["clients"], rounds=ROUNDS)
 print(format_environment(env))
 
 # %%
@@ -104,49 +109,66 @@ ax.set_title(f"Lengths of the {len(lengths)} queries")
 fig.tight_layout()
 
 # %%
-# Baseline: one query at a time
-# -----------------------------
-# Two threads call ``predict_batch`` directly, each with one query at a time.
-# The model is warmed up first (every code path has run once before the clock
-# starts).
+# The methods
+# -----------
+# **Baseline**: two threads call ``predict_batch`` directly, each with one
+# query at a time. **Batchers**: each run gets its own
+# :class:`~batch_inference.ModelHost` over the same model object, a short
+# warm-up through the host, then the measured run with 64 client threads; the
+# average batch size and the padding are read from ``host.stats()`` over the
+# measured run only. Every run also checks the answers of its first queries
+# against the model run on each query alone: batching must not change what a
+# caller gets (each output trimmed back to its own length).
 
-closed_loop(model.predict_batch, warmup, clients=2)
-baseline_load = closed_loop(model.predict_batch, queries, clients=2)
-results = [MethodResult("Baseline", baseline_load, None, 1.0)]
-print(f"Baseline: {baseline_load.queries} queries in {baseline_load.wall_s:.2f} s "
-      f"({baseline_load.qps:.1f} queries/s)")
-
-# %%
-# Dynamic batching
-# ----------------
-# Each method gets its own :class:`~batch_inference.ModelHost` over the same
-# model object, a warm-up run, then the measured run with 64 client threads.
-# The average batch size is read from ``host.stats()`` over the measured run.
-# The answers of the first queries are compared with the model run on each
-# query alone: batching must not change what a caller gets.
-
-methods = [
-    ("Sequence Batcher", SeqBatcher(padding_tokens=[0, 0], tensor="pt"), 4),
-    ("Sequence Batcher", SeqBatcher(padding_tokens=[0, 0], tensor="pt"), 8),
-    ("Sequence Batcher", SeqBatcher(padding_tokens=[0, 0], tensor="pt"), 32),
-    ("Bucket Sequence Batcher",
-     BucketSeqBatcher(padding_tokens=[0, 0], buckets=BUCKETS, tensor="pt"), 32),
-]
 alone = [model.predict_batch(*query) for query in queries[:CHECKED]]
-max_errors = []
-for name, batcher, max_batch_size in methods:
-    with ModelHost(model_obj=model, batcher=batcher, max_batch_size=max_batch_size) as host:
-        result = measure_host(name, host, queries, SIZES["clients"], warmup=warmup,
-                              keep_outputs=True)
-    # Each caller got the model's answer for its own query alone, trimmed to its length.
-    for got, expected in zip(result.load.outputs, alone):
+max_errors = [0.0]
+
+
+def check(outputs: list) -> None:
+    for got, expected in zip(outputs, alone):
         assert got.shape == expected.shape, (got.shape, expected.shape)
         max_errors.append(float((got - expected).abs().max()))
-    result.load.outputs.clear()  # checked; do not hold every embedding in memory
-    results.append(result)
-    print(f"{name} (max batch {max_batch_size}): {result.load.wall_s:.2f} s, "
-          f"avg batch {result.mean_batch_size:.2f}, "
-          f"padding efficiency {result.padding_efficiency:.0%}")
+    outputs.clear()  # checked; do not hold every embedding in memory
+
+
+def baseline() -> MethodResult:
+    closed_loop(model.predict_batch, warmup, clients=2)
+    load = closed_loop(model.predict_batch, queries, clients=2, keep_outputs=True)
+    check(load.outputs)
+    return MethodResult("Baseline", load, None, 1.0)
+
+
+def batched(name: str, batcher, max_batch_size: int):
+    def run() -> MethodResult:
+        with ModelHost(model_obj=model, batcher=batcher, max_batch_size=max_batch_size) as host:
+            result = measure_host(name, host, queries, SIZES["clients"], warmup=warmup,
+                                  keep_outputs=True)
+        check(result.load.outputs)
+        return result
+    return run
+
+
+methods = [
+    baseline,
+    batched("Sequence Batcher", SeqBatcher(padding_tokens=[0, 0], tensor="pt"), 4),
+    batched("Sequence Batcher", SeqBatcher(padding_tokens=[0, 0], tensor="pt"), 8),
+    batched("Sequence Batcher", SeqBatcher(padding_tokens=[0, 0], tensor="pt"), 32),
+    batched("Bucket Sequence Batcher",
+            BucketSeqBatcher(padding_tokens=[0, 0], buckets=BUCKETS, tensor="pt"), 32),
+]
+
+# %%
+# Measure
+# -------
+# Every method runs ``ROUNDS`` times, interleaved (round 1 runs all five, then
+# round 2...), so a slow phase of the machine hits every method alike; each
+# method's median run is reported.
+
+results = median_of_rounds(methods, ROUNDS)
+for r in results:
+    setting = "" if r.max_batch_size is None else f" (max batch {r.max_batch_size})"
+    print(f"{r.method}{setting}: median {r.load.wall_s:.2f} s for {r.load.queries} queries, "
+          f"avg batch {r.mean_batch_size:.2f}, padding efficiency {r.padding_efficiency:.0%}")
 print(f"first {CHECKED} answers of every run, batched vs alone: "
       f"largest difference {max(max_errors):.1e}")
 
@@ -203,5 +225,6 @@ saved_to = save_results("bert_embedding", {
     "mode": MODE,
     "weights": loaded.weights,
     "lengths": [SHORTEST, LONGEST],
+    "rounds": ROUNDS,
     "rows": records,
 })

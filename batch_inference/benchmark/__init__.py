@@ -3,7 +3,14 @@
 Nothing here imports pandas, matplotlib or transformers at import time.
 """
 
-from .compare import MethodResult, StatsWindow, comparison_table, measure_host, stats_between
+from .compare import (
+    MethodResult,
+    StatsWindow,
+    comparison_table,
+    measure_host,
+    median_of_rounds,
+    stats_between,
+)
 from .load import LoadResult, async_closed_loop, closed_loop, offline_batches
 from .mode import environment, format_environment, run_mode
 from .results import load_results, save_results
@@ -19,6 +26,7 @@ __all__ = [
     "format_environment",
     "load_results",
     "measure_host",
+    "median_of_rounds",
     "offline_batches",
     "run_mode",
     "save_results",

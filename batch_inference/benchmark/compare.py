@@ -21,6 +21,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "comparison_table",
     "measure_host",
+    "median_of_rounds",
     "stats_between",
 ]
 
@@ -148,6 +149,26 @@ def measure_host(
     return MethodResult(
         method, load, host.max_batch_size, window.mean_batch_size, window.padding_efficiency
     )
+
+
+def median_of_rounds(
+    runs: Sequence[Callable[[], MethodResult]], rounds: int
+) -> list[MethodResult]:
+    """Run every method ``rounds`` times, interleaved; keep each one's median run.
+
+    Round 1 runs every callable once, in order, then round 2, and so on, so a
+    slow phase of a shared machine hits every method alike. For each callable
+    the result with the median wall time is returned (the lower median for an
+    even ``rounds``), in the order of ``runs``.
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigurationError(f"rounds must be a positive integer, got {rounds!r}")
+    seen: list[list[MethodResult]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for results, run in zip(seen, runs):
+            results.append(run())
+    return [sorted(results, key=lambda r: r.load.wall_s)[(rounds - 1) // 2]
+            for results in seen]
 
 
 def comparison_table(results: Sequence[MethodResult], baseline: str = "Baseline") -> list[dict]:

@@ -146,7 +146,7 @@ def _payload() -> dict:
     env = {"device": "cpu (x86_64, 2 cores)", "torch": "2.13.0", "torch threads": "2",
            "clients": "64"}
     return {"environment": env, "mode": "quick", "weights": "MiniLM (pretrained)",
-            "lengths": [4, 100], "rows": rows}
+            "lengths": [4, 100], "rounds": 3, "rows": rows}
 
 
 def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
@@ -163,6 +163,7 @@ def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
     assert "**266.7 queries/s, 2.67x**" in text
     assert "(100.0 queries/s)" in text and "reached 2.00x" in text
     assert "MiniLM (pretrained)" in text and "quick mode" in text
+    assert "(median of 3 interleaved runs)" in text
     assert len(re.findall(r"^\| (Baseline|Sequence Batcher|Bucket Sequence Batcher) \|", text,
                           flags=re.M)) == 5
 

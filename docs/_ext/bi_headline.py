@@ -43,11 +43,13 @@ def headline_markdown(payload: dict[str, Any]) -> str:
     if base is None or bucket is None or seq is None:
         raise ExtensionError(f"the BERT results lack a row: {[r['Method'] for r in rows]}")
     low, high = payload["lengths"]
+    rounds = payload.get("rounds", 1)
+    median = f" (median of {rounds} interleaved runs)" if rounds > 1 else ""
     lines = [
         f"**Measured when these docs were built** ({env['device']}, torch {env['torch']}, "
         f"{env['torch threads']} threads, {payload['mode']} mode, {payload['weights']}): "
         f"{base['Query Count']} BERT-embedding queries of {low} to {high} tokens from "
-        f"{env['clients']} client threads. The **Bucket Sequence Batcher** served them at "
+        f"{env['clients']} client threads{median}. The **Bucket Sequence Batcher** served them at "
         f"**{bucket['Queries/s']:.1f} queries/s, {bucket['Speed-up']:.2f}x** the throughput "
         f"of calling `predict_batch` one query at a time ({base['Queries/s']:.1f} queries/s); "
         f"the Sequence Batcher (max batch 32) reached {seq['Speed-up']:.2f}x. "

@@ -266,7 +266,8 @@ class ModelHost:
         elif timeout <= 0:
             raise InvalidRequestError(f"timeout must be > 0 seconds, got {timeout!r}")
         now_s = time.monotonic()
-        request = Request(args, info, now_s, None if timeout is None else now_s + timeout)
+        request = Request(args, info, now_s, None if timeout is None else now_s + timeout,
+                          loop is not None)
         if loop is not None:
             request.loop = loop
             request.loop_future = loop.create_future()

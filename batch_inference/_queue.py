@@ -38,6 +38,9 @@ class RequestQueue:
         self._ahead = threading.Condition(self._lock)
         # Queue length at which a taker waiting on _ahead is worth waking (see _take_locked).
         self._ahead_at = 1
+        # Takers waiting on _not_empty / _ahead (changed under _lock, around each wait).
+        self._idle_takers = 0
+        self._ahead_takers = 0
         self._items: list[Request] = []
         # Taken by a prefetcher, not started yet (see start()); still count as waiting.
         self._held: dict[Request, None] = {}
@@ -76,8 +79,9 @@ class RequestQueue:
                         raise HostNotRunningError("the host stopped while this request waited")
             self._items.append(request)
             self.accepted += 1
-            self._not_empty.notify()
-            if len(self._items) >= self._ahead_at:
+            if self._idle_takers:  # notify() costs a microsecond even when nobody waits
+                self._not_empty.notify()
+            if self._ahead_takers and len(self._items) >= self._ahead_at:
                 self._ahead.notify()
 
     def put_or_wait(
@@ -98,8 +102,9 @@ class RequestQueue:
                 return room
             self._items.append(request)
             self.accepted += 1
-            self._not_empty.notify()
-            if len(self._items) >= self._ahead_at:
+            if self._idle_takers:  # notify() costs a microsecond even when nobody waits
+                self._not_empty.notify()
+            if self._ahead_takers and len(self._items) >= self._ahead_at:
                 self._ahead.notify()
             return None
 
@@ -173,7 +178,10 @@ class RequestQueue:
                 if not items:
                     if self._closed:
                         return None
-                    (self._ahead if ahead else self._not_empty).wait()
+                    if ahead:
+                        self._wait_ahead()
+                    else:
+                        self._wait_idle(None)
                     continue
                 now_s = time.monotonic()
                 if ahead:
@@ -188,14 +196,14 @@ class RequestQueue:
                         step = max(1, current.full_size // 8)
                         least = current.full_size if current.max_batch_tokens is None else 1
                         self._ahead_at = max(len(items) + step, least)
-                        self._ahead.wait()
+                        self._wait_ahead()
                         continue
                 else:
                     selection = batcher.select(items, limits(), now_s)
                 if not selection.indices:
                     wait_s = None if selection.wake_at_s is None else selection.wake_at_s - now_s
                     if wait_s is None or wait_s > 0:
-                        self._not_empty.wait(wait_s)
+                        self._wait_idle(wait_s)
                     continue
                 chosen = self._remove(selection.indices)
                 self._not_full.notify(len(chosen))
@@ -214,6 +222,22 @@ class RequestQueue:
                     batch.append(request)
                 if batch or expired:
                     return batch
+
+    def _wait_idle(self, timeout_s: float | None) -> None:
+        """Wait on ``_not_empty`` (locked); counted, so that put() notifies only waiters."""
+        self._idle_takers += 1
+        try:
+            self._not_empty.wait(timeout_s)
+        finally:
+            self._idle_takers -= 1
+
+    def _wait_ahead(self) -> None:
+        """Wait on ``_ahead`` (locked); counted, so that put() notifies only waiters."""
+        self._ahead_takers += 1
+        try:
+            self._ahead.wait()
+        finally:
+            self._ahead_takers -= 1
 
     def start(self, requests: list[Request], expire: Expire) -> list[Request]:
         """Start held requests (their model runs them now); return those still to run.

@@ -36,6 +36,10 @@ class TensorOps:
     def narrow(self, value: Any, dim: int, start: int, length: int) -> Any:
         raise NotImplementedError
 
+    def holds(self, value: Any, token: Any) -> bool:
+        """Whether ``value``'s dtype represents ``token`` exactly (as padding)."""
+        raise NotImplementedError
+
     def dtype_name(self, value: Any) -> str:
         dtype = value.dtype
         name = _DTYPE_NAMES.get(dtype)
@@ -71,6 +75,13 @@ class TorchOps(TensorOps):
     def narrow(self, value: Any, dim: int, start: int, length: int) -> Any:
         return value.narrow(dim, start, length)
 
+    def holds(self, value: Any, token: Any) -> bool:
+        try:
+            stored = self._torch.tensor(token, dtype=value.dtype).item()
+        except (RuntimeError, OverflowError, TypeError, ValueError):
+            return False
+        return _same_number(stored, token)
+
 
 class NumpyOps(TensorOps):
     kind = "np"
@@ -95,6 +106,14 @@ class NumpyOps(TensorOps):
         index = [slice(None)] * value.ndim
         index[dim] = slice(start, start + length)
         return value[tuple(index)]
+
+    def holds(self, value: Any, token: Any) -> bool:
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                stored = np.asarray(token, dtype=value.dtype).item()
+        except (OverflowError, TypeError, ValueError):
+            return False
+        return _same_number(stored, token)
 
 
 def tensor_ops(kind: str | None) -> tuple[TensorOps, ...]:
@@ -137,3 +156,11 @@ def ops_for(value: Any, accepted: Sequence[TensorOps]) -> TensorOps | None:
         if ops.is_tensor(value):
             return ops
     return None
+
+
+def _same_number(stored: Any, token: Any) -> bool:
+    """``stored == token``, with NaN equal to NaN."""
+    try:
+        return bool(stored == token) or (stored != stored and token != token)
+    except TypeError:
+        return False

@@ -67,6 +67,8 @@ class SeqBatcher(ConcatBatcher):
         self.padding_tokens = list(padding_tokens)
         self.max_length = max_length
         self.output_seq_dim = output_seq_dim
+        # (position, dtype name) -> whether that dtype holds the position's padding token.
+        self._token_fits: dict[tuple[int, str], bool] = {}
 
     def inspect(self, args: tuple[Any, ...]) -> RequestInfo:
         if len(args) != len(self.padding_tokens):
@@ -103,7 +105,21 @@ class SeqBatcher(ConcatBatcher):
             (kind, dtype, shape[:-1] if token is not None else shape)
             for (kind, dtype, shape), token in zip(info.key, self.padding_tokens)
         )
+        for position, ((_, dtype, _), token) in enumerate(zip(key, self.padding_tokens)):
+            if token is not None and not self._holds_token(position, dtype, args[position], token):
+                raise InvalidRequestError(
+                    f"argument {position} has dtype {dtype.removeprefix('torch.')}, which "
+                    f"cannot hold its padding token {token!r}"
+                )
         return RequestInfo(length=length, rows=info.rows, key=key)
+
+    def _holds_token(self, position: int, dtype: str, value: Any, token: Any) -> bool:
+        fits = self._token_fits.get((position, dtype))
+        if fits is None:
+            fits = self._token_fits[(position, dtype)] = self._ops(position, value).holds(
+                value, token
+            )
+        return fits
 
     def padded_tokens(self, infos: Sequence[RequestInfo]) -> int:
         if not infos:

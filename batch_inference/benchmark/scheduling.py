@@ -55,8 +55,9 @@ class PolicyResult:
         Latency percentiles seen by the clients (milliseconds).
     mean_batch_size, padding_efficiency:
         From the host's stats over the measured run only.
-    max_queue_wait_ms:
-        Longest a request waited for its batch to start (host stats).
+    max_queue_wait_ms, max_model_ms:
+        Longest a request waited for its batch to start, and the longest
+        ``predict_batch`` call (host stats, over the warm-up and the run).
     ceiling_qps, pct_of_ceiling:
         The offline ceiling measured in the same run, and ``qps`` as a
         percentage of it.
@@ -72,6 +73,7 @@ class PolicyResult:
     mean_batch_size: float
     padding_efficiency: float
     max_queue_wait_ms: float
+    max_model_ms: float = 0.0
     ceiling_qps: float = 0.0
     pct_of_ceiling: float = 0.0
 
@@ -163,6 +165,7 @@ def run_policy(
         mean_batch_size=sum(k * v for k, v in batches.items()) / calls if calls else 0.0,
         padding_efficiency=real / padded if padded else 1.0,
         max_queue_wait_ms=after.queue_wait_s.max * 1e3,
+        max_model_ms=after.model_time_s.max * 1e3,
     )
 
 

@@ -20,8 +20,10 @@ from typing import Any
 __all__ = ["main", "scheduling_policies"]
 
 
-def scheduling_policies(max_batch_size: int = 32, call_cost_tokens: float | None = None) -> list:
-    """Seq, Bucket([16, 32, 64]) and LengthAware, each with ``max_batch_size``."""
+def scheduling_policies(
+    max_batch_size: int = 32, call_cost_tokens: float | None = None, delay_s: float = 1.0
+) -> list:
+    """Seq, Bucket([16, 32, 64]) and LengthAware (also with ``max_delay_s=delay_s``)."""
     from ..batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
     from .scheduling import Policy
 
@@ -32,6 +34,7 @@ def scheduling_policies(max_batch_size: int = 32, call_cost_tokens: float | None
         Policy("BucketSeqBatcher([16, 32, 64])", BucketSeqBatcher([0, 0], [16, 32, 64]),
                max_batch_size),
         Policy("LengthAwareBatcher", aware, max_batch_size),
+        Policy(f"LengthAwareBatcher, max_delay_s={delay_s}", aware, max_batch_size, delay_s),
     ]
 
 
@@ -67,11 +70,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ceiling = results[0].ceiling_qps
     print(f"\nceiling (offline, length-sorted batches of 32): {ceiling:.1f} queries/s "
           f"(runs: {', '.join(f'{c:.1f}' for c in ceilings)})")
-    header = f"{'policy':34s} {'qps':>7s} {'% ceil':>7s} {'p50 ms':>8s} {'p99 ms':>8s} " \
+    header = f"{'policy':44s} {'qps':>7s} {'% ceil':>7s} {'p50 ms':>8s} {'p99 ms':>8s} " \
              f"{'pad eff':>8s} {'batch':>6s}"
     print(header)
     for r in results:
-        print(f"{r.policy:34s} {r.qps:7.1f} {r.pct_of_ceiling:6.1f}% {r.p50_ms:8.1f} "
+        print(f"{r.policy:44s} {r.qps:7.1f} {r.pct_of_ceiling:6.1f}% {r.p50_ms:8.1f} "
               f"{r.p99_ms:8.1f} {r.padding_efficiency:8.3f} {r.mean_batch_size:6.1f}")
     by_name = {r.policy: r for r in results}
     aware = by_name["LengthAwareBatcher"]
@@ -79,6 +82,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = aware.qps / bucket.qps
     print(f"\nLengthAwareBatcher: {aware.pct_of_ceiling:.1f}% of the ceiling (target >= 85%), "
           f"{ratio:.2f}x BucketSeqBatcher (target >= 1.3x)")
+    print("longest queue wait (start of a request's batch) vs max_delay_s + longest batch:")
+    for r in results:
+        delay_ms = 1e3 * next(p.max_delay_s for p in scheduling_policies() if p.name == r.policy)
+        print(f"  {r.policy:44s} waited {r.max_queue_wait_ms:7.1f} ms; "
+              f"max_delay_s + longest batch = {delay_ms + r.max_model_ms:7.1f} ms")
     report: dict[str, Any] = {
         "ceiling_qps": ceiling,
         "ceilings_qps": ceilings,

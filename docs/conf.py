@@ -87,6 +87,9 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "show_memory": False,
     "backreferences_dir": None,
+    # Its summary page loads jQuery/DataTables from CDNs; the site must work offline. Each
+    # page reports its own running time, and bi_checks logs them all at the end of the build.
+    "write_computation_times": False,
 }
 
 # -- HTML ------------------------------------------------------------------------------

@@ -228,3 +228,21 @@ def test_pages_have_snippets_to_run() -> None:
     assert {"index.md", "getting_started.md", "model_host.md", "batcher/concat_batcher.md",
             "batcher/seq_batcher.md", "batcher/bucket_seq_batcher.md",
             "batcher/what_is_batcher.md"} <= pages
+
+
+def test_remote_resources_are_reported(tmp_path: Path) -> None:
+    from bi_checks import remote_resource_problems
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "ok.html").write_text(
+        '<a href="https://example.org">a link is fine</a><img src="_images/a.png">'
+        '<link rel="stylesheet" href="_static/furo.css">'
+    )
+    (tmp_path / "sub" / "bad.html").write_text(
+        '<script src="https://cdn.example/x.js"></script>'
+        "<link href='http://cdn.example/y.css' rel='stylesheet'>"
+        '<img alt="x" src="https://example.org/z.png">'
+    )
+    problems = remote_resource_problems(tmp_path)
+    assert len(problems) == 3
+    assert all(p.startswith("sub/bad.html loads a remote resource: ") for p in problems)

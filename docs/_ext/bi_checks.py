@@ -6,7 +6,11 @@ Hooked on ``build-finished``: the build fails (non-zero exit) when
   or 0 seconds (it did not execute: e.g. a ``plot_gallery=0`` build);
 * the BERT tutorial's page lacks its results table, a row of it (Baseline,
   Sequence Batcher 4 / 8 / 32, Bucket Sequence Batcher 32), a column, a
-  positive measurement, or its figures.
+  positive measurement, or its figures;
+* a page loads a script, stylesheet, image or frame from the internet (the
+  site must work offline).
+
+It also logs every tutorial's running time.
 
 The same functions check a page dumped by a real browser
 (``tests/test_docs_browser.py``), and ``python docs/_ext/bi_checks.py
@@ -183,9 +187,36 @@ def figure_problems(page: Page, page_path: Path, name: str, least: int = 2) -> l
     return problems
 
 
+_REMOTE = re.compile(
+    r"<(?:script|img|iframe)\b[^>]*\bsrc=[\"']https?://[^\"']*"
+    r"|<link\b[^>]*\bhref=[\"']https?://[^\"']*",
+    re.IGNORECASE,
+)
+
+
+def remote_resource_problems(html_dir: Path) -> list[str]:
+    """Pages that load a script, stylesheet, image or frame from the internet."""
+    problems = []
+    for path in sorted(html_dir.rglob("*.html")):
+        for match in sorted(set(_REMOTE.findall(path.read_text(encoding="utf-8")))):
+            problems.append(f"{path.relative_to(html_dir)} loads a remote resource: {match}")
+    return problems
+
+
+def running_times(html_dir: Path, tutorial_names: list[str]) -> dict[str, float | None]:
+    """Each tutorial's reported running time in seconds (``None`` when absent)."""
+    times: dict[str, float | None] = {}
+    for name in tutorial_names:
+        path = html_dir / GALLERY_DIR / f"{name}.html"
+        times[name] = running_time_s(parse_page(path.read_text(encoding="utf-8"))) \
+            if path.exists() else None
+    return times
+
+
 def site_problems(html_dir: Path, tutorial_names: list[str]) -> list[str]:
     """Every check on a built site."""
     problems = tutorial_problems(html_dir, tutorial_names)
+    problems += remote_resource_problems(html_dir)
     bert = html_dir / GALLERY_DIR / f"{BERT_PAGE}.html"
     if bert.exists():
         page = parse_page(bert.read_text(encoding="utf-8"))
@@ -207,7 +238,14 @@ def _on_build_finished(app: Any, exception: BaseException | None) -> None:
     if not app.config.bi_require_execution:
         return
     examples = Path(app.srcdir) / app.config.sphinx_gallery_conf["examples_dirs"]
-    problems = site_problems(Path(app.outdir), tutorial_names(examples))
+    names = tutorial_names(examples)
+    from sphinx.util import logging
+
+    logger = logging.getLogger(__name__)
+    for name, seconds in running_times(Path(app.outdir), names).items():
+        shown = "not reported" if seconds is None else f"{seconds:.1f} s"
+        logger.info(f"tutorial running time: {name}: {shown}")
+    problems = site_problems(Path(app.outdir), names)
     if problems:
         from sphinx.errors import ExtensionError
 

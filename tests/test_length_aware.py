@@ -280,3 +280,33 @@ def test_bucket_batcher_fills_a_batch_per_bucket(gated: Any, make_host: Any,
     for f in futures:
         f.result(60)
     assert sorted(Model.calls[1:]) == [10, 30]  # one batch per bucket, each whole
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 64), min_size=1, max_size=120),
+    extra_rows=st.data(),
+    max_requests=st.integers(1, 40),
+    budget=st.one_of(st.none(), st.integers(1, 800)),
+    call=st.sampled_from([0.0, 8.0, 64.0, 1000.0]),
+)
+def test_vectorised_cuts_equal_the_loop(
+    lengths: list[int], extra_rows: Any, max_requests: int, budget: int | None, call: float
+) -> None:
+    from batch_inference.batcher.length_aware_batcher import _cuts, _cuts_vectorised
+
+    lengths = sorted(lengths)
+    rows = [0]
+    for _ in lengths:
+        rows.append(rows[-1] + extra_rows.draw(st.integers(1, 3)))
+    assert _cuts(lengths, rows, max_requests, budget, call + 1e-6) == _cuts_vectorised(
+        lengths, rows, max_requests, budget, call + 1e-6
+    )
+
+
+def test_a_large_window_is_partitioned_too() -> None:
+    rng = np.random.default_rng(5)
+    items = waiting_of([int(v) for v in rng.integers(1, 65, 600)])
+    selection = LengthAwareBatcher([0]).select(items, BatchLimits(200), 1e9)
+    assert 0 in selection.indices
+    assert all(i < 256 for i in selection.indices)  # the default window holds at most 256

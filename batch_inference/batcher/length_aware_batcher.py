@@ -6,6 +6,8 @@ import math
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigurationError
 from .base import BatchLimits, Selection, Waiting
 from .seq_batcher import SeqBatcher
@@ -56,7 +58,8 @@ class LengthAwareBatcher(SeqBatcher):
         or more, raise it, and batches grow towards ``max_batch_size``.
     window:
         How many of the oldest waiting requests are considered at once;
-        ``None`` (default): four times ``max_batch_size``.
+        ``None`` (default): four times ``max_batch_size``, at most 256 (but
+        at least ``max_batch_size``).
     """
 
     def __init__(
@@ -86,7 +89,7 @@ class LengthAwareBatcher(SeqBatcher):
     def select(self, waiting: Sequence[Waiting], limits: BatchLimits, now_s: float) -> Selection:
         if not waiting:
             return Selection()
-        size = max(self.window or 4 * limits.max_batch_size, limits.max_batch_size)
+        size = self.window or max(limits.max_batch_size, min(4 * limits.max_batch_size, _WINDOW))
         head = waiting[:size]
         groups: dict[Hashable, list[int]] = {}
         for index, item in enumerate(head):
@@ -128,21 +131,10 @@ class LengthAwareBatcher(SeqBatcher):
         budget = limits.max_batch_tokens
         max_requests = limits.max_batch_size
         call = self.call_cost_tokens + 1e-6  # on a tie, fewer calls
-        best = [0.0] * (count + 1)
-        cut = [0] * (count + 1)
-        for end in range(1, count + 1):
-            longest = lengths[end - 1]
-            total_rows = rows[end]
-            least, where = math.inf, end - 1
-            for start in range(end - 1, max(0, end - max_requests) - 1, -1):
-                padded = (total_rows - rows[start]) * longest
-                if budget is not None and padded > budget and start < end - 1:
-                    break
-                value = best[start] + padded
-                if value < least:
-                    least, where = value, start
-            best[end] = least + call
-            cut[end] = where
+        if min(count, max_requests) > _VECTORISE_ABOVE:
+            cut = _cuts_vectorised(lengths, rows, max_requests, budget, call)
+        else:
+            cut = _cuts(lengths, rows, max_requests, budget, call)
         segments: list[_Segment] = []
         end = count
         while end > 0:
@@ -220,3 +212,56 @@ class LengthAwareBatcher(SeqBatcher):
         infos = [head[i].info for i in chosen]
         real = sum(info.rows * info.length for info in infos)
         return real / (self.call_cost_tokens + self.padded_tokens(infos))
+
+
+#: With runs of more requests than this, the cuts are found with NumPy (quicker there).
+_VECTORISE_ABOVE = 80
+#: The default window: four batches, but at most this many requests.
+_WINDOW = 256
+
+
+def _cuts(
+    lengths: list[int], rows: list[int], max_requests: int, budget: int | None, call: float
+) -> list[int]:
+    """``cut[j]``: where the last run of the best split of the first ``j`` requests starts.
+
+    ``lengths`` is sorted; ``rows`` holds prefix sums of the rows (``rows[0] == 0``).
+    """
+    count = len(lengths)
+    best = [0.0] * (count + 1)
+    cut = [0] * (count + 1)
+    for end in range(1, count + 1):
+        longest = lengths[end - 1]
+        total_rows = rows[end]
+        least, where = math.inf, end - 1
+        for start in range(end - 1, max(0, end - max_requests) - 1, -1):
+            padded = (total_rows - rows[start]) * longest
+            if budget is not None and padded > budget and start < end - 1:
+                break
+            value = best[start] + padded
+            if value < least:
+                least, where = value, start
+        best[end] = least + call
+        cut[end] = where
+    return cut
+
+
+def _cuts_vectorised(
+    lengths: list[int], rows: list[int], max_requests: int, budget: int | None, call: float
+) -> list[int]:
+    """:func:`_cuts` with the inner minimum taken by NumPy (for large windows)."""
+    count = len(lengths)
+    prefix = np.asarray(rows, dtype=float)
+    best = np.zeros(count + 1)
+    cut = [0] * (count + 1)
+    for end in range(1, count + 1):
+        low = max(0, end - max_requests)
+        padded = (prefix[end] - prefix[low:end]) * lengths[end - 1]
+        values = best[low:end] + padded
+        if budget is not None:
+            values[:-1][padded[:-1] > budget] = math.inf  # a single request always fits
+        # The last minimum: on a tie, the shorter run (as the loop in _cuts does).
+        where = end - 1 - int(np.argmin(values[::-1]))
+        best[end] = values[where - low] + call
+        cut[end] = where
+    return cut

@@ -44,16 +44,18 @@ def headline_markdown(payload: dict[str, Any]) -> str:
         raise ExtensionError(f"the BERT results lack a row: {[r['Method'] for r in rows]}")
     low, high = payload["lengths"]
     rounds = payload.get("rounds", 1)
-    median = f" (median of {rounds} interleaved runs)" if rounds > 1 else ""
+    median = f" Each time is the median of {rounds} interleaved runs." if rounds > 1 else ""
     lines = [
-        f"**Measured when these docs were built** ({env['device']}, torch {env['torch']}, "
-        f"{env['torch threads']} threads, {payload['mode']} mode, {payload['weights']}): "
-        f"{base['Query Count']} BERT-embedding queries of {low} to {high} tokens from "
-        f"{env['clients']} client threads{median}. The **Bucket Sequence Batcher** served them at "
-        f"**{bucket['Queries/s']:.1f} queries/s, {bucket['Speed-up']:.2f}x** the throughput "
-        f"of calling `predict_batch` one query at a time ({base['Queries/s']:.1f} queries/s); "
-        f"the Sequence Batcher (max batch 32) reached {seq['Speed-up']:.2f}x. "
-        f"Details, latency and figures: {{doc}}`the BERT benchmark <{TUTORIAL_DOC}>`.",
+        f"**Measured when these docs were built:** {base['Query Count']} BERT-embedding "
+        f"queries of {low} to {high} tokens, sent by {env['clients']} client threads. The "
+        f"**Bucket Sequence Batcher** served them at **{bucket['Queries/s']:.1f} queries/s, "
+        f"{bucket['Speed-up']:.2f}x** the throughput of calling `predict_batch` one query at "
+        f"a time ({base['Queries/s']:.1f} queries/s); the Sequence Batcher (max batch 32) "
+        f"reached {seq['Speed-up']:.2f}x.{median}",
+        "",
+        f"Hardware: {env['device']}, torch {env['torch']} with {env['torch threads']} threads; "
+        f"{payload['mode']} mode; weights: {payload['weights']}. Details, latency and figures: "
+        f"{{doc}}`the BERT benchmark <{TUTORIAL_DOC}>`.",
         "",
         "| Method | Max batch size | Avg batch size | Execution time | Queries/s | Speed-up |",
         "|---|---:|---:|---:|---:|---:|",

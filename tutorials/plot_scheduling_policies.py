@@ -90,18 +90,18 @@ policies = [
 # %%
 # Measure
 # -------
-# Each repeat first times the ceiling (the queries sorted by length, in
-# padded batches of 32, run back to back), then every policy at every
-# concurrency level, each with a fresh host and a warm-up. With several
-# repeats, medians are shown.
+# Every policy run (a fresh host, a warm-up, then all the queries) comes right
+# after a run of the ceiling (the same queries sorted by length, in padded
+# batches of 32, back to back), and is compared with it: a disturbance of the
+# machine hits both alike. With several repeats, medians are shown.
 
 results, ceilings = compare_policies(
     model, policies, queries, SIZES["clients"], ceiling_batch_size=MAX_BATCH_SIZE,
     repeats=SIZES["repeats"], synchronize=synchronize,
 )
 ceiling = results[0].ceiling_qps
-print(f"offline ceiling: {ceiling:.1f} queries/s "
-      f"(measured {len(ceilings)} time(s): {', '.join(f'{c:.1f}' for c in ceilings)})")
+print(f"offline ceiling: {ceiling:.1f} queries/s (median of {len(ceilings)} runs, "
+      f"{min(ceilings):.1f} to {max(ceilings):.1f})")
 
 # %%
 # Results

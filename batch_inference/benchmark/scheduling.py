@@ -182,15 +182,18 @@ def compare_policies(
 ) -> tuple[list[PolicyResult], list[float]]:
     """Measure the ceiling and every policy at every concurrency, alternating.
 
-    Each repeat measures the ceiling, then every (clients, policy) pair. A
-    policy's ``pct_of_ceiling`` compares its median qps over the repeats with
-    the median ceiling.
+    Each repeat runs every (clients, policy) pair, each right after a run of
+    the ceiling, so that a passing disturbance of the machine touches a run
+    and its ceiling alike. A policy's ``pct_of_ceiling`` is the median, over
+    the repeats, of its queries per second over the adjacent ceiling's; its
+    other figures come from its median run (by queries per second); its
+    ``ceiling_qps`` is the median of all ceiling runs.
 
     Returns
     -------
     results, ceilings
-        One :class:`PolicyResult` per (clients, policy), with medians over the
-        repeats; and every ceiling measurement (queries per second).
+        One :class:`PolicyResult` per (clients, policy); and every ceiling
+        measurement (queries per second).
     """
     if repeats < 1:
         raise ConfigurationError(f"repeats must be >= 1, got {repeats!r}")
@@ -198,25 +201,21 @@ def compare_policies(
     offline = length_sorted_batches(queries, ceiling_batch_size, padding_tokens)
     offline_batches(predict, offline[:2], synchronize)  # warm up
     ceilings: list[float] = []
-    runs: dict[tuple[int, str], list[PolicyResult]] = {}
+    runs: dict[tuple[int, str], list[tuple[PolicyResult, float]]] = {}
     for _ in range(repeats):
-        ceilings.append(offline_ceiling_qps(predict, offline, len(queries), synchronize))
         for count in clients:
             for policy in policies:
                 if progress is not None:
                     progress(f"{policy.name} with {count} clients")
-                runs.setdefault((count, policy.name), []).append(
-                    run_policy(model, policy, queries, count)
-                )
+                ceilings.append(offline_ceiling_qps(predict, offline, len(queries), synchronize))
+                result = run_policy(model, policy, queries, count)
+                runs.setdefault((count, policy.name), []).append((result, ceilings[-1]))
     ceiling = statistics.median(ceilings)
     results = []
     for measured in runs.values():
-        middle = sorted(measured, key=lambda r: r.qps)[len(measured) // 2]
-        results.append(_with_ceiling(middle, ceiling))
+        middle = sorted(measured, key=lambda pair: pair[0].qps)[len(measured) // 2][0]
+        pct = statistics.median(100.0 * r.qps / c for r, c in measured)
+        fields = middle.record()
+        fields.update(ceiling_qps=ceiling, pct_of_ceiling=pct)
+        results.append(PolicyResult(**fields))
     return results, ceilings
-
-
-def _with_ceiling(result: PolicyResult, ceiling_qps: float) -> PolicyResult:
-    fields = result.record()
-    fields.update(ceiling_qps=ceiling_qps, pct_of_ceiling=100.0 * result.qps / ceiling_qps)
-    return PolicyResult(**fields)

@@ -73,6 +73,9 @@ class RequestQueue:
                     if remaining is None or remaining <= 0:
                         raise QueueFullError(
                             f"the queue holds max_queue_size={self._max_size} requests"
+                            if remaining is None else
+                            f"the queue still held max_queue_size={self._max_size} requests "
+                            "when this request's timeout ran out"
                         )
                     self._not_full.wait(None if remaining == _FOREVER else remaining)
                     if self._closed:

@@ -22,6 +22,13 @@ What must hold, for every call:
 * the model never saw a request refused with "queue full", nor one whose
   future was cancelled before it started (``future.cancel()`` returned True).
 
+Three endings of the same load: the host drains at the end (``drain``); it is
+stopped with ``cancel_pending=True`` in the middle of the load
+(``stop-cancel-pending``: callers may also get ``HostStoppedError``, or
+``HostNotRunningError`` after the stop); the model raises
+``KeyboardInterrupt`` in the middle of the load (``broken``: callers may also
+get ``HostBrokenError``). In every case, no call is left waiting.
+
 The run is seeded: the seed is printed; ``BATCH_INFERENCE_STRESS_SEED=<seed>``
 replays the same inputs, marks, timeouts and cancellations (thread timing
 still varies). Run with ``pytest -s`` to see the figures.
@@ -43,7 +50,9 @@ import pytest
 import torch
 
 from batch_inference import (
+    HostBrokenError,
     HostNotRunningError,
+    HostStoppedError,
     ModelHost,
     QueueFullError,
     RequestTimeoutError,
@@ -65,19 +74,31 @@ class ModelFailure(ValueError):
 
 
 class StressModel:
-    """Echo the input; fail on marked rows; sleep a little at random."""
+    """Echo the input; fail on marked rows; sleep a little at random.
 
-    def __init__(self, seed: int) -> None:
+    Its call number ``ending_at`` sets :attr:`midway` (and, with
+    ``interrupt=True``, raises ``KeyboardInterrupt``: the host breaks).
+    """
+
+    def __init__(self, seed: int, ending_at: int | None = None, interrupt: bool = False) -> None:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.calls = 0
         self.seen: set[int] = set()
+        self.ending_at = ending_at
+        self.interrupt = interrupt
+        self.midway = threading.Event()
 
     def predict_batch(self, x: torch.Tensor) -> torch.Tensor:
         with self._lock:
             self.calls += 1
             self.seen.update(int(i) for i in x[:, 0].tolist())
             pause_s = self._rng.choice([0.0, 0.0, 0.0003, 0.001, 0.002])
+            ending = self.calls == self.ending_at
+        if ending:
+            self.midway.set()
+            if self.interrupt:
+                raise KeyboardInterrupt("the model was interrupted mid-load")
         if pause_s:
             time.sleep(pause_s)  # the model's work, not synchronisation
         marked = x[:, 1] == 1.0
@@ -131,6 +152,12 @@ def classify(error: BaseException) -> str:
         return "cancelled"
     if isinstance(error, QueueFullError):
         return "queue_full"
+    if isinstance(error, HostStoppedError):
+        return "stopped"
+    if isinstance(error, HostBrokenError):
+        return "broken"
+    if isinstance(error, HostNotRunningError):
+        return "not_running"
     return f"unexpected {type(error).__name__}: {error}"
 
 
@@ -188,7 +215,15 @@ async def run_tasks(host: ModelHost, plans: list[list[Plan]], cancels: list[floa
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def check(outcome: Outcome) -> str | None:
+#: Errors a call may get only because of how the run ends.
+ENDING_KINDS = {
+    "drain": set(),
+    "stop-cancel-pending": {"stopped", "not_running"},
+    "broken": {"broken"},
+}
+
+
+def check(outcome: Outcome, ending: str) -> str | None:
     """Why this outcome breaks a rule, or ``None``."""
     plan, kind = outcome.plan, outcome.kind
     bound_s = (plan.timeout_s if plan.timeout_s is not None else NO_TIMEOUT_BOUND_S) + SLACK_S
@@ -211,13 +246,16 @@ def check(outcome: Outcome) -> str | None:
     if kind == "queue_full":
         return None if not plan.wait_for_queue or plan.timeout_s is not None else (
             "queue full although it waited without a timeout")
+    if kind in ENDING_KINDS[ending]:
+        return None
     return kind
 
 
 @pytest.mark.timeout(120)
-def test_stress_threads_and_tasks_nothing_lost_nothing_hangs() -> None:
+@pytest.mark.parametrize("ending", list(ENDING_KINDS))
+def test_stress_threads_and_tasks_nothing_lost_nothing_hangs(ending: str) -> None:
     seed = int(os.environ.get(SEED_VARIABLE) or random.SystemRandom().randrange(2**32))
-    print(f"\nstress seed: {seed} (replay: {SEED_VARIABLE}={seed})")
+    print(f"\nstress ({ending}) seed: {seed} (replay: {SEED_VARIABLE}={seed})")
     rng = random.Random(seed)
     ids = iter(range(1, 10**9))
     thread_plans = [[make_plan(rng, next(ids), "thread") for _ in range(CALLS_PER_THREAD)]
@@ -228,9 +266,15 @@ def test_stress_threads_and_tasks_nothing_lost_nothing_hangs() -> None:
                     for _ in range(TASKS)]
     calls = THREADS * CALLS_PER_THREAD + TASKS * CALLS_PER_TASK
 
-    model = StressModel(seed)
+    midway_call = rng.randrange(200, 600)
+    model = StressModel(seed, None if ending == "drain" else midway_call, ending == "broken")
     host = ModelHost(model_obj=model, max_batch_size=32, num_workers=2,
                      max_queue_size=256).start()
+    stopped: list[bool] = []
+
+    def stop_midway() -> None:
+        if model.midway.wait(NO_TIMEOUT_BOUND_S):
+            stopped.append(host.stop(cancel_pending=True, timeout=30))
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     start = threading.Barrier(THREADS + 2)
@@ -249,6 +293,8 @@ def test_stress_threads_and_tasks_nothing_lost_nothing_hangs() -> None:
 
     workers = [threading.Thread(target=client, args=(p,), daemon=True) for p in thread_plans]
     workers.append(threading.Thread(target=event_loop, daemon=True))
+    if ending == "stop-cancel-pending":
+        workers.append(threading.Thread(target=stop_midway, daemon=True))
     for worker in workers:
         worker.start()
     began = time.monotonic()
@@ -258,7 +304,9 @@ def test_stress_threads_and_tasks_nothing_lost_nothing_hangs() -> None:
     wall_s = time.monotonic() - began
     assert not any(w.is_alive() for w in workers), "a caller is still waiting"
     assert host.stop(timeout=30) is True
-    with pytest.raises(HostNotRunningError):
+    assert host.broken == (ending == "broken")
+    assert stopped == ([True] if ending == "stop-cancel-pending" else [])
+    with pytest.raises(HostBrokenError if ending == "broken" else HostNotRunningError):
         host.predict(torch.zeros(1, 3))
 
     outcomes.extend(async_outcomes)
@@ -266,7 +314,7 @@ def test_stress_threads_and_tasks_nothing_lost_nothing_hangs() -> None:
     made = len(outcomes)
     never_made = calls - made
     kinds = Counter(o.kind for o in outcomes)
-    problems = [(o.plan, why) for o in outcomes if (why := check(o))]
+    problems = [(o.plan, why) for o in outcomes if (why := check(o, ending))]
     stats = host.stats()
     slowest = max(outcomes, key=lambda o: o.seconds)
     over = [o.seconds - o.plan.timeout_s for o in outcomes if o.plan.timeout_s is not None]
@@ -283,10 +331,14 @@ def test_stress_threads_and_tasks_nothing_lost_nothing_hangs() -> None:
           f"mean batch {stats.mean_batch_size:.1f}, completed {stats.completed}, "
           f"failed {stats.failed}, timed out {stats.timed_out}, cancelled {stats.cancelled}")
     assert not problems, problems[:10]
-    never_run = {o.plan.request_id for o in outcomes if o.kind in ("queue_full", "removed")}
+    never_run = {o.plan.request_id for o in outcomes
+                 if o.kind in ("queue_full", "removed", "not_running", "stopped")}
     assert not never_run & model.seen, sorted(never_run & model.seen)[:10]
     assert sum(kinds.values()) == made
-    assert kinds["result"] > calls // 2  # the workload mostly succeeds
+    if ending == "drain":
+        assert kinds["result"] > calls // 2  # the workload mostly succeeds
+    else:
+        assert kinds["result"] > 0 and sum(kinds[k] for k in ENDING_KINDS[ending]) > 0
     # Calls are not made only after their task was cancelled.
     cancelled_tasks = sum(1 for c in task_cancels if c is not None)
     assert never_made <= cancelled_tasks * CALLS_PER_TASK

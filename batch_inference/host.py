@@ -118,8 +118,13 @@ class ModelHost:
         _positive_int("num_workers", num_workers)
         if max_queue_size is not None:
             _positive_int("max_queue_size", max_queue_size)
-        if default_timeout_s is not None and default_timeout_s <= 0:
-            raise ConfigurationError(f"default_timeout_s must be > 0, got {default_timeout_s!r}")
+        if default_timeout_s is not None:
+            try:
+                default_timeout_s = _checked_timeout(default_timeout_s)
+            except InvalidRequestError:
+                raise ConfigurationError(
+                    f"default_timeout_s must be a number of seconds > 0, got {default_timeout_s!r}"
+                ) from None
         if batcher is not None and not isinstance(batcher, Batcher):
             raise ConfigurationError(f"batcher must be a Batcher instance, got {batcher!r}")
 
@@ -263,8 +268,8 @@ class ModelHost:
         info = self.batcher.inspect(args)
         if timeout is None:
             timeout = self.default_timeout_s
-        elif timeout <= 0:
-            raise InvalidRequestError(f"timeout must be > 0 seconds, got {timeout!r}")
+        elif type(timeout) is not float or not 0.0 < timeout < _FOREVER:
+            timeout = _checked_timeout(timeout)  # an int, inf (no deadline), or refused
         now_s = time.monotonic()
         request = Request(args, info, now_s, None if timeout is None else now_s + timeout,
                           loop is not None)
@@ -279,6 +284,11 @@ class ModelHost:
         The future's result is what :meth:`predict` returns. Cancelling it
         before its batch starts removes the request from the queue (it is
         never run); ``cancel()`` returns ``False`` once its batch has started.
+        A request whose ``timeout`` (or ``default_timeout_s``) passes before its
+        batch starts is not run: its future gets
+        :class:`~batch_inference.errors.RequestTimeoutError` when a worker
+        reaches it. To stop waiting at the deadline itself, wait with
+        ``future.result(timeout)`` and ``cancel()`` (or use :meth:`predict`).
         """
         request = self._make_request(args, timeout, None)
         self._put(request, wait_for_queue)
@@ -461,6 +471,13 @@ def _positional_range(method: Any, bound: bool) -> tuple[int, float]:
             high += 1
             low += p.default is p.empty
     return low, high
+
+
+def _checked_timeout(timeout: Any) -> float | None:
+    """A valid ``timeout`` as a float (``None`` for infinity); refuses anything else."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise InvalidRequestError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    return None if timeout == _FOREVER else float(timeout)
 
 
 def _remaining(deadline_s: float | None) -> float | None:

@@ -611,3 +611,32 @@ def test_numpy_requests_are_isolated_too(make_host, front, wait_until):
     assert first.error() is None
     assert calls[0].result()[0, 0] == 10 and calls[2].result()[0, 0] == 30
     assert str(calls[1].error()) == "negative input in [-2.0]"
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), "1", True])
+def test_a_bad_timeout_is_refused_naming_it(make_host, front, timeout):
+    host = make_host(model_obj=EchoModel(gate_first=False))
+    error = front.call(host, row(1), timeout=timeout).error()
+    assert isinstance(error, InvalidRequestError)
+    assert f"got {timeout!r}" in str(error)
+
+
+def test_an_infinite_timeout_means_no_deadline(make_host, front):
+    host = make_host(model_obj=EchoModel(gate_first=False))
+    assert_echo(front.call(host, row(1), timeout=float("inf")), 1)
+    assert_echo(front.call(host, row(2), timeout=float("inf"), wait_for_queue=True), 2)
+
+
+def test_a_base_exception_while_forming_a_batch_breaks_the_host(make_host, front):
+    """``batcher.batch`` raising SystemExit (on the thread that prepares batches)."""
+
+    class ExitingBatch(ConcatBatcher):
+        def batch(self, requests):  # noqa: ANN001, ANN201
+            raise SystemExit("batch exited")
+
+    host = make_host(model_obj=EchoModel(gate_first=False), batcher=ExitingBatch())
+    error = front.call(host, row(1)).error()
+    assert isinstance(error, HostBrokenError)
+    assert isinstance(error.__cause__, SystemExit)
+    assert host.broken
+    assert isinstance(front.call(host, row(2)).error(), HostBrokenError)

@@ -640,3 +640,37 @@ def test_a_base_exception_while_forming_a_batch_breaks_the_host(make_host, front
     assert isinstance(error.__cause__, SystemExit)
     assert host.broken
     assert isinstance(front.call(host, row(2)).error(), HostBrokenError)
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline", "stop"])
+def test_a_request_taken_ahead_is_still_removable(make_host, model, front, wait_until, how):
+    """A full batch is formed (and prepared) while the model runs the previous one; until
+    it starts, its requests can still be cancelled, expire, or be answered by stop()."""
+    host = make_host(model_obj=model, max_batch_size=2)
+    first = front.call(host, row(0))
+    assert model.entered.wait(10)
+    if how == "deadline":  # a caller that waits with a timeout (predict / predict_async)
+        doomed = front.call(host, row(1), timeout=0.2)
+    else:
+        doomed = front.cancellable_call(host, row(1))
+    kept = front.cancellable_call(host, row(2))
+    wait_until(queued(host, 2))  # a full batch of 2: the next one, formed ahead
+    if how == "cancel":
+        doomed.cancel()
+        assert isinstance(doomed.error(), asyncio.CancelledError)
+    elif how == "deadline":
+        assert isinstance(doomed.error(), RequestTimeoutError)
+    else:
+        stopper = threading.Thread(target=host.stop, kwargs={"cancel_pending": True})
+        stopper.start()
+        assert isinstance(doomed.error(), HostStoppedError)
+        assert isinstance(kept.error(), HostStoppedError)
+    assert not model.release.is_set()  # all of it while the model was busy
+    model.release.set()
+    assert_echo(first, 0)
+    if how == "stop":
+        stopper.join(10)
+        assert model.seen == {0}
+    else:
+        assert_echo(kept, 2)
+        assert 1 not in model.seen

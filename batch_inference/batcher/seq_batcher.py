@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import ConfigurationError, InvalidRequestError
-from ._split import split_rows
+from ..errors import ConfigurationError, InvalidRequestError, OutputMismatchError
+from ._split import _rebuild_mapping, _rebuild_sequence, split_rows
 from .base import RequestInfo
 from .concat_batcher import ConcatBatcher
 
@@ -36,6 +36,11 @@ class SeqBatcher(ConcatBatcher):
         Dimension of each output that holds the sequence (``1`` for
         ``(batch, seq, hidden)``). An output is trimmed only where that
         dimension has the batch's padded length; ``None`` disables trimming.
+        For a model with several outputs, some without a sequence (e.g. a
+        pooled ``(batch, hidden)`` output, whose ``hidden`` may equal the padded
+        length by chance), give one entry per output: a list for a tuple/list
+        output, a dict for a dict output (a missing key is not trimmed), each
+        an ``int`` or ``None``.
     dtypes:
         As for :class:`ConcatBatcher`: the dtype each argument must have.
     """
@@ -60,9 +65,14 @@ class SeqBatcher(ConcatBatcher):
             )
         if max_length is not None and max_length < 1:
             raise ConfigurationError(f"max_length must be >= 1, got {max_length!r}")
-        if output_seq_dim is not None and output_seq_dim < 1:
+        dims = (list(output_seq_dim.values()) if isinstance(output_seq_dim, Mapping)
+                else list(output_seq_dim) if isinstance(output_seq_dim, (list, tuple))
+                else [output_seq_dim])
+        if any(d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1)
+               for d in dims):
             raise ConfigurationError(
-                f"output_seq_dim must be >= 1 (0 is the batch dimension), got {output_seq_dim!r}"
+                "output_seq_dim must be >= 1 (0 is the batch dimension), None, or a list/dict "
+                f"of those (one per output), got {output_seq_dim!r}"
             )
         self.padding_tokens = list(padding_tokens)
         self.max_length = max_length
@@ -151,12 +161,36 @@ class SeqBatcher(ConcatBatcher):
         dim = self.output_seq_dim
         if dim is None or min(lengths) == longest:
             return split_rows(outputs, rows)
+        if isinstance(dim, int):
+            return split_rows(outputs, rows, _trimmer(dim, lengths, longest))
+        if isinstance(dim, Mapping) and isinstance(outputs, Mapping):
+            parts = {key: split_rows(value, rows, _trimmer(dim.get(key), lengths, longest))
+                     for key, value in outputs.items()}
+            return [_rebuild_mapping(outputs, {k: p[i] for k, p in parts.items()})
+                    for i in range(len(rows))]
+        if isinstance(dim, (list, tuple)) and isinstance(outputs, (tuple, list)) \
+                and len(dim) == len(outputs):
+            items = [split_rows(value, rows, _trimmer(d, lengths, longest))
+                     for value, d in zip(outputs, dim)]
+            return [_rebuild_sequence(outputs, [p[i] for p in items]) for i in range(len(rows))]
+        got = (f"a {type(outputs).__name__} of {len(outputs)}"
+               if isinstance(outputs, (tuple, list, Mapping)) else f"a {type(outputs).__name__}")
+        raise OutputMismatchError(
+            f"output_seq_dim={dim!r} names one dimension per output, but predict_batch "
+            f"returned {got}"
+        )
 
-        def trim(piece: Any, index: int) -> Any:
-            if piece.ndim > dim and piece.shape[dim] == longest:
-                cut = [slice(None)] * piece.ndim
-                cut[dim] = slice(0, lengths[index])
-                return piece[tuple(cut)]
-            return piece
 
-        return split_rows(outputs, rows, trim)
+def _trimmer(dim: int | None, lengths: list[int], longest: int) -> Any:
+    """``trim(piece, index)`` cutting dimension ``dim`` back to each request's length."""
+    if dim is None:
+        return None
+
+    def trim(piece: Any, index: int) -> Any:
+        if piece.ndim > dim and piece.shape[dim] == longest:
+            cut = [slice(None)] * piece.ndim
+            cut[dim] = slice(0, lengths[index])
+            return piece[tuple(cut)]
+        return piece
+
+    return trim

@@ -125,8 +125,13 @@ def seq_case(draw: st.DrawFn, max_length: int = 40) -> dict[str, Any]:
             make(kind, (r, *middle, n) if p else (r, 2), dtypes[a], rng)
             for a, p in enumerate(padded)
         ))
+    seq_dim = 1 + len(middle)
+    # One output per argument (the identity model): only the padded ones have a sequence.
+    # (With the single default dimension, an unpadded output whose size happens to equal
+    # the padded length would be trimmed too: see the test below.)
+    dims = seq_dim if arguments == 1 else [seq_dim if p else None for p in padded]
     return {"kind": kind, "tokens": tokens, "requests": requests, "lengths": lengths,
-            "seq_dim": 1 + len(middle)}
+            "seq_dim": seq_dim, "output_dims": dims}
 
 
 def check_seq_round_trip(batcher: SeqBatcher, case: dict[str, Any],
@@ -158,7 +163,7 @@ def check_seq_round_trip(batcher: SeqBatcher, case: dict[str, Any],
 @SETTINGS
 @given(seq_case())
 def test_seq_identity_round_trip_trims_back_to_each_input(case: dict[str, Any]) -> None:
-    batcher = SeqBatcher(case["tokens"], tensor=case["kind"], output_seq_dim=case["seq_dim"])
+    batcher = SeqBatcher(case["tokens"], tensor=case["kind"], output_seq_dim=case["output_dims"])
     check_seq_round_trip(batcher, case, case["requests"])
 
 
@@ -167,7 +172,7 @@ def test_seq_identity_round_trip_trims_back_to_each_input(case: dict[str, Any]) 
 def test_bucket_identity_round_trip_per_bucket(case: dict[str, Any], bounds: list[int]) -> None:
     buckets = sorted(bounds)
     batcher = BucketSeqBatcher(case["tokens"], buckets=buckets, tensor=case["kind"],
-                               output_seq_dim=case["seq_dim"])
+                               output_seq_dim=case["output_dims"])
     groups: dict[Any, list[tuple[Any, ...]]] = {}
     for request in case["requests"]:  # the host never mixes keys: group as it would
         groups.setdefault(batcher.inspect(request).key, []).append(request)
@@ -212,3 +217,79 @@ def test_a_padding_token_the_dtype_cannot_hold_is_refused(kind: str, dtype: str,
     else:
         with pytest.raises(InvalidRequestError, match=f"dtype {dtype}, which cannot hold"):
             batcher.inspect((value,))
+
+
+def test_per_output_dims_keep_an_unpadded_output_whose_size_equals_the_padded_length():
+    """Found by the round-trip property: a pooled (batch, hidden) output with hidden equal
+    to the batch's padded length is cut by the single default dimension; one entry per
+    output keeps it whole."""
+    requests = [(torch.ones(1, 2, dtype=torch.int64),), (torch.ones(1, 3, dtype=torch.int64),)]
+    hidden, pooled = torch.zeros(2, 3, 4), torch.arange(6.0).reshape(2, 3)
+    guessing = SeqBatcher([0])
+    _, context = guessing.batch(requests)
+    assert guessing.unbatch((hidden, pooled), context)[0][1].shape == (1, 2)  # the hazard
+    for dims, outputs in [([1, None], (hidden, pooled)),
+                          ({"h": 1}, {"h": hidden, "p": pooled})]:
+        batcher = SeqBatcher([0], output_seq_dim=dims)
+        first, second = batcher.unbatch(outputs, context)
+        got = list(first.values()) if isinstance(first, dict) else first
+        assert got[0].shape == (1, 2, 4) and torch.equal(got[1], pooled[:1])
+
+
+# ------------------------------------------------------------------ scheduling: nothing lost
+def _length_aware() -> type:
+    from batch_inference.batcher.length_aware_batcher import LengthAwareBatcher
+
+    return LengthAwareBatcher
+
+
+SCHEDULERS = {
+    "seq": lambda: SeqBatcher([0]),
+    "bucket": lambda: BucketSeqBatcher([0], buckets=[8, 16, 32]),
+    "length-aware": lambda: _length_aware()([0]),
+}
+
+
+@SETTINGS
+@given(
+    st.sampled_from(sorted(SCHEDULERS)),
+    st.lists(st.tuples(st.integers(1, 60), st.booleans()), min_size=1, max_size=40),
+    st.integers(1, 8),
+    st.none() | st.integers(1, 200),
+    st.sampled_from([0.0, 0.01]),
+)
+def test_select_eventually_takes_every_request_exactly_once(
+    name: str, requests: list[tuple[int, bool]], max_batch_size: int,
+    max_batch_tokens: int | None, max_delay_s: float,
+) -> None:
+    """Asked again and again (as the host does), select() never loses, repeats or starves
+    a request, never breaks a limit, and never answers "nothing yet" without a future
+    time to ask again (the host would wait for a new arrival that may never come)."""
+    from batch_inference.batcher import BatchLimits, Waiting
+
+    batcher = SCHEDULERS[name]()
+    infos = [
+        batcher.inspect((torch.ones(1, n, dtype=torch.int64 if wide else torch.int32),))
+        for n, wide in requests
+    ]
+    limits = BatchLimits(max_batch_size, max_batch_tokens, max_delay_s)
+    waiting = [(i, Waiting(info, enqueued_s=0.001 * i)) for i, info in enumerate(infos)]
+    taken: list[int] = []
+    now_s = 0.0
+    for _ in range(4 * len(requests) + 4):
+        if not waiting:
+            break
+        selection = batcher.select([w for _, w in waiting], limits, now_s)
+        if not selection.indices:
+            assert selection.wake_at_s is not None and selection.wake_at_s > now_s
+            now_s = selection.wake_at_s  # the host sleeps until then
+            continue
+        chosen = [waiting[i] for i in selection.indices]
+        assert len(set(selection.indices)) == len(chosen) <= max_batch_size
+        assert len({w.info.key for _, w in chosen}) == 1  # one key per batch
+        if max_batch_tokens is not None and len(chosen) > 1:
+            assert batcher.padded_tokens([w.info for _, w in chosen]) <= max_batch_tokens
+        taken.extend(i for i, _ in chosen)
+        picked = set(selection.indices)
+        waiting = [w for j, w in enumerate(waiting) if j not in picked]
+    assert sorted(taken) == list(range(len(requests)))  # every request, exactly once

@@ -62,13 +62,20 @@ class ModelHost:
         batched tensors are moved to that device before ``predict_batch``.
     max_queue_size:
         Most requests waiting; beyond it :meth:`predict` raises
-        :class:`~batch_inference.errors.QueueFullError`. ``None``: unbounded.
+        :class:`~batch_inference.errors.QueueFullError` at once, or, with
+        ``wait_for_queue=True``, waits for room until its timeout (then
+        ``QueueFullError``). ``None``: unbounded.
     default_timeout_s:
         Deadline for calls that give no ``timeout``; ``None``: no deadline.
     isolate_failures:
         When ``predict_batch`` raises on a batch, split it and retry the parts
         until only the failing requests get the exception (at most ``2n - 2``
-        extra calls for a batch of ``n``).
+        extra calls for a batch of ``n``); each gets the exception its own
+        retry raised, with its traceback. ``False``: every request of the
+        batch gets the one exception, after one call. An out-of-memory error
+        (``torch.cuda.OutOfMemoryError``, ``MemoryError``, "out of memory")
+        is always retried in smaller parts, and lowers :attr:`batch_limit` to
+        half the failed batch for the rest of the host's life.
     wait_ms, wait_n:
         batch-inference 1.0 names: ``wait_ms`` is ``max_delay_s`` in
         milliseconds; ``wait_n`` dispatches a batch at once when that many

@@ -196,7 +196,7 @@ class RequestQueue:
                         selection = batcher.select(items, ahead_limits, now_s)
                     if selection is None or 0 not in selection.indices:
                         # Nothing full serves the oldest yet: ask again once a few more came.
-                        step = max(1, current.full_size // 8)
+                        step = max(1, current.full_size // 4)
                         least = current.full_size if current.max_batch_tokens is None else 1
                         self._ahead_at = max(len(items) + step, least)
                         self._wait_ahead()

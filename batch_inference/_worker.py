@@ -156,9 +156,11 @@ class Worker:
             return
         self._record(requests, started_s, retry)
         context = prepared.context
-        if not retry and (len(host._queue) or self._prefetcher.has_next()):
-            host._scatter.later(requests, outputs, context)  # the next batch is waiting
+        if not retry and self._prefetcher.has_next():
+            host._scatter.later(requests, outputs, context)  # the next batch is ready to run
         else:
+            if not retry:  # the model is idle: the prefetcher forms the next batch meanwhile
+                self._prefetcher.ran()
             host._scatter.now(requests, outputs, context)
 
     def _record(self, requests: list[Request], started_s: float, retry: bool) -> None:

@@ -16,9 +16,9 @@ __all__ = ["SeqBatcher"]
 class SeqBatcher(ConcatBatcher):
     """Pad each argument along its last dimension to the longest request, then concatenate.
 
-    Each request argument has shape ``(rows, length, ...)`` with the sequence on
-    the **last** dimension (as tokenizers return ``input_ids`` of shape
-    ``(1, length)``). Outputs are split per request and trimmed back to the
+    Each padded request argument has shape ``(rows, ..., length)``: rows on the
+    first dimension, the sequence on the **last** one (as tokenizers return
+    ``input_ids`` of shape ``(1, length)``). Outputs are split per request and trimmed back to the
     request's own length on ``output_seq_dim``, so a caller gets what
     ``predict_batch`` on its input alone gives.
 
@@ -94,7 +94,7 @@ class SeqBatcher(ConcatBatcher):
             if value.ndim < 2:
                 raise InvalidRequestError(
                     f"argument {position} has shape {tuple(value.shape)}; a padded argument needs "
-                    "(rows, length, ...): pass x[None] / x.unsqueeze(0)"
+                    "(rows, ..., length): pass x[None] / x.unsqueeze(0)"
                 )
             n = int(value.shape[-1])
             if length is None:

@@ -115,3 +115,20 @@ def measure_overhead(quick: bool = True) -> OverheadResult:
         tasks=tasks,
         lone_caller_added_ms=lone_caller_added_s(2_000 * scale) * 1e3,
     )
+
+
+def main() -> None:
+    """Print :func:`measure_overhead` as JSON (``python -m batch_inference.benchmark.overhead``).
+
+    Run it in a fresh interpreter: in a process that has loaded a large model,
+    the garbage collector's full passes over its objects slow the host down.
+    """
+    import json
+    import sys
+
+    quick = "--full" not in sys.argv[1:]
+    print(json.dumps(measure_overhead(quick=quick).record()))
+
+
+if __name__ == "__main__":
+    main()

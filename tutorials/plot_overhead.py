@@ -18,6 +18,13 @@ that builds these docs** (printed below):
 
 The code lives in :mod:`batch_inference.benchmark.overhead`. The sizes do not
 depend on the mode: they take a few seconds on any machine.
+
+How to read the thread figures: every thread caller sleeps until its result
+is ready, so each request costs at least one wake-up of a sleeping thread by
+another. On a virtual machine whose CPUs are otherwise idle, a wake-up can cost
+tens of microseconds (the CPU has to be woken first), and that, not the host's
+own work, then bounds the thread figures; asyncio tasks need no such wake-up
+per request.
 """
 
 # %%

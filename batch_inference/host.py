@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from ._checks import (
+    checked_timeout,
+    loop_deadline,
+    non_negative,
+    positional_range,
+    positive_int,
+    remaining,
+    timeout_message,
+)
 from ._queue import _FOREVER, RequestQueue
 from ._request import Request, settle
 from ._worker import Scatter, Worker
@@ -111,23 +119,23 @@ class ModelHost:
         if wait_ms is not None:
             if max_delay_s:
                 raise ConfigurationError("give max_delay_s or wait_ms, not both")
-            max_delay_s = _non_negative("wait_ms", wait_ms) / 1000.0
-        _positive_int("max_batch_size", max_batch_size)
-        _non_negative("max_delay_s", max_delay_s)
+            max_delay_s = non_negative("wait_ms", wait_ms) / 1000.0
+        positive_int("max_batch_size", max_batch_size)
+        non_negative("max_delay_s", max_delay_s)
         if max_batch_tokens is not None:
-            _positive_int("max_batch_tokens", max_batch_tokens)
+            positive_int("max_batch_tokens", max_batch_tokens)
         if wait_n is not None:
-            _positive_int("wait_n", wait_n)
+            positive_int("wait_n", wait_n)
         if devices is not None:
             if len(devices) == 0:
                 raise ConfigurationError("devices must name at least one device, got []")
             num_workers = len(devices)
-        _positive_int("num_workers", num_workers)
+        positive_int("num_workers", num_workers)
         if max_queue_size is not None:
-            _positive_int("max_queue_size", max_queue_size)
+            positive_int("max_queue_size", max_queue_size)
         if default_timeout_s is not None:
             try:
-                default_timeout_s = _checked_timeout(default_timeout_s)
+                default_timeout_s = checked_timeout(default_timeout_s)
             except InvalidRequestError:
                 raise ConfigurationError(
                     f"default_timeout_s must be a number of seconds > 0, got {default_timeout_s!r}"
@@ -149,7 +157,7 @@ class ModelHost:
         self.model_args: tuple[Any, ...] = tuple(model_args)
         self.model_kwargs: dict[str, Any] = dict(model_kwargs or {})
         self._limits = BatchLimits(max_batch_size, max_batch_tokens, max_delay_s, wait_n)
-        self._arg_range = _positional_range(target.predict_batch, bound=model_obj is not None)
+        self._arg_range = positional_range(target.predict_batch, bound=model_obj is not None)
         self._models: list[Any] = []
         self._workers: list[Worker] = []
         self._stats = StatsRecorder()
@@ -236,7 +244,7 @@ class ModelHost:
             me = threading.current_thread()
             for worker in workers:
                 if worker.thread is not me:
-                    worker.thread.join(_remaining(deadline_s))
+                    worker.thread.join(remaining(deadline_s))
             finished = not any(w.thread.is_alive() for w in workers if w.thread is not me)
             # Called from inside predict_batch, the calling worker still drains the queue and
             # scatters through this Scatter after stop() returns: leave it open.
@@ -276,7 +284,7 @@ class ModelHost:
         if timeout is None:
             timeout = self.default_timeout_s
         elif type(timeout) is not float or not 0.0 < timeout < _FOREVER:
-            timeout = _checked_timeout(timeout)  # an int, inf (no deadline), or refused
+            timeout = checked_timeout(timeout)  # an int, inf (no deadline), or refused
         now_s = time.monotonic()
         request = Request(args, info, now_s, None if timeout is None else now_s + timeout,
                           loop is not None)
@@ -335,7 +343,7 @@ class ModelHost:
             if room is None:
                 return
             try:
-                async with asyncio.timeout_at(_loop_deadline(loop, request.deadline_s)):
+                async with asyncio.timeout_at(loop_deadline(loop, request.deadline_s)):
                     await room
             except BaseException as error:
                 queue.forget_space_waiter(room)
@@ -371,12 +379,12 @@ class ModelHost:
         self._put(request, wait_for_queue)
         future = request.future
         try:
-            return future.result(_remaining(request.deadline_s))
+            return future.result(remaining(request.deadline_s))
         except TimeoutError:
             if future.done():
                 return future.result()  # its own outcome (maybe a RequestTimeoutError)
             self._abandon(request, "timed_out")
-            raise RequestTimeoutError(_timeout_message(request)) from None
+            raise RequestTimeoutError(timeout_message(request)) from None
         except BaseException:
             self._abandon(request, "cancelled")
             raise
@@ -399,12 +407,12 @@ class ModelHost:
         try:
             if request.deadline_s is None:  # no timeout context: it costs a few microseconds
                 return await loop_future
-            async with asyncio.timeout_at(_loop_deadline(loop, request.deadline_s)):
+            async with asyncio.timeout_at(loop_deadline(loop, request.deadline_s)):
                 return await loop_future
         except TimeoutError as error:
             if loop_future.cancelled() or not loop_future.done():  # the deadline passed
                 self._abandon(request, "timed_out")
-                raise RequestTimeoutError(_timeout_message(request)) from None
+                raise RequestTimeoutError(timeout_message(request)) from None
             if loop_future.exception() is error:
                 raise  # the request's own outcome (a TimeoutError of the model, or expiry)
         except asyncio.CancelledError:
@@ -427,7 +435,7 @@ class ModelHost:
 
     def _expire(self, request: Request) -> None:
         assert self._scatter is not None
-        self._scatter.fail([request], RequestTimeoutError(_timeout_message(request)), "timed_out")
+        self._scatter.fail([request], RequestTimeoutError(timeout_message(request)), "timed_out")
 
     def _lower_batch_limit(self, failed_size: int) -> None:
         """After an out-of-memory error on ``failed_size`` requests, halve the limit."""
@@ -461,53 +469,3 @@ class ModelHost:
         """A snapshot of counters, batch sizes, padding and latency percentiles."""
         return self._stats.snapshot(self._queue.accepted, len(self._queue))
 
-
-def _positional_range(method: Any, bound: bool) -> tuple[int, float]:
-    """How many positional arguments ``predict_batch`` takes: ``(least, most)``."""
-    try:
-        parameters = list(inspect.signature(method).parameters.values())
-    except (TypeError, ValueError):
-        return 0, float("inf")
-    if not bound and parameters and parameters[0].name == "self":
-        parameters = parameters[1:]
-    low, high = 0, 0.0
-    for p in parameters:
-        if p.kind == p.VAR_POSITIONAL:
-            high = float("inf")
-        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            high += 1
-            low += p.default is p.empty
-    return low, high
-
-
-def _checked_timeout(timeout: Any) -> float | None:
-    """A valid ``timeout`` as a float (``None`` for infinity); refuses anything else."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise InvalidRequestError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    return None if timeout == _FOREVER else float(timeout)
-
-
-def _remaining(deadline_s: float | None) -> float | None:
-    return None if deadline_s is None else max(0.0, deadline_s - time.monotonic())
-
-
-def _loop_deadline(loop: asyncio.AbstractEventLoop, deadline_s: float | None) -> float | None:
-    """A ``time.monotonic()`` deadline on ``loop``'s clock, for ``asyncio.timeout``."""
-    return None if deadline_s is None else loop.time() + (deadline_s - time.monotonic())
-
-
-def _timeout_message(request: Request) -> str:
-    waited = time.monotonic() - request.enqueued_s
-    return f"no result within the deadline (waited {waited:.3f} s)"
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _non_negative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)

@@ -215,14 +215,7 @@ class RequestQueue:
                 if busy is not None:  # a prefetcher's: they start when its model runs them
                     self._held.update(dict.fromkeys(chosen))
                     return chosen
-                batch = []
-                for request in chosen:
-                    if not request.future.set_running_or_notify_cancel():
-                        continue
-                    if request.deadline_s is not None and request.deadline_s <= now_s:
-                        expired.append(request)
-                        continue
-                    batch.append(request)
+                batch = _mark_started(chosen, now_s, expired)
                 if batch or expired:
                     return batch
 
@@ -250,19 +243,12 @@ class RequestQueue:
         go to ``expire`` (called without the lock).
         """
         expired: list[Request] = []
-        batch: list[Request] = []
         with self._lock:
             held = self._held
             now_s = time.monotonic()
-            for request in requests:
-                if held.pop(request, False) is not None:
-                    continue  # drained
-                if not request.future.set_running_or_notify_cancel():
-                    continue
-                if request.deadline_s is not None and request.deadline_s <= now_s:
-                    expired.append(request)
-                    continue
-                batch.append(request)
+            # A request no longer held was drained meanwhile (and answered by the drainer).
+            still_held = [r for r in requests if held.pop(r, False) is None]
+            batch = _mark_started(still_held, now_s, expired)
         for request in expired:
             expire(request)
         return batch
@@ -318,6 +304,22 @@ class RequestQueue:
         """Wake waiting workers so they re-read the limits."""
         with self._lock:
             self._not_empty.notify_all()
+
+
+def _mark_started(requests: list[Request], now_s: float, expired: list[Request]) -> list[Request]:
+    """Mark requests running; drop cancelled ones, move expired ones to ``expired``.
+
+    Returns the requests to run. Called under the queue's lock.
+    """
+    batch = []
+    for request in requests:
+        if not request.future.set_running_or_notify_cancel():
+            continue
+        if request.deadline_s is not None and request.deadline_s <= now_s:
+            expired.append(request)
+            continue
+        batch.append(request)
+    return batch
 
 
 def _set_room(room: asyncio.Future) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["HostStats", "Percentiles"]
+__all__ = ["BatchFigures", "HostStats", "Percentiles"]
 
 _WINDOW = 10_000
 
@@ -33,8 +33,27 @@ class Percentiles:
         return cls(float(p50), float(p90), float(p99), float(values.max()), int(values.size))
 
 
+class BatchFigures:
+    """Figures derived from ``batch_sizes``, ``real_tokens`` and ``padded_tokens``."""
+
+    batch_sizes: dict[int, int]
+    real_tokens: int
+    padded_tokens: int
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Average requests per ``predict_batch`` call (0.0 without batches)."""
+        total = sum(self.batch_sizes.values())
+        return sum(k * v for k, v in self.batch_sizes.items()) / total if total else 0.0
+
+    @property
+    def padding_efficiency(self) -> float:
+        """Real tokens / padded tokens (1.0 means no padding was computed)."""
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+
 @dataclass(frozen=True)
-class HostStats:
+class HostStats(BatchFigures):
     """A snapshot of a host's activity since it was created.
 
     Attributes
@@ -74,16 +93,6 @@ class HostStats:
     model_time_s: Percentiles = Percentiles()
     queue_depth: int = 0
 
-    @property
-    def mean_batch_size(self) -> float:
-        """Average requests per ``predict_batch`` call."""
-        total = sum(self.batch_sizes.values())
-        return sum(k * v for k, v in self.batch_sizes.items()) / total if total else 0.0
-
-    @property
-    def padding_efficiency(self) -> float:
-        """Real tokens / padded tokens (1.0 means no padding was computed)."""
-        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
 
 
 class StatsRecorder:

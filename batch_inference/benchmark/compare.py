@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..stats import HostStats
+from ..stats import BatchFigures, HostStats
 from .load import LoadResult, closed_loop
 
 __all__ = [
@@ -38,7 +38,7 @@ TABLE_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class StatsWindow:
+class StatsWindow(BatchFigures):
     """What a host did between two :meth:`~batch_inference.ModelHost.stats` snapshots.
 
     Attributes
@@ -59,16 +59,6 @@ class StatsWindow:
     real_tokens: int
     padded_tokens: int
 
-    @property
-    def mean_batch_size(self) -> float:
-        """Average requests per ``predict_batch`` call (0.0 without batches)."""
-        total = sum(self.batch_sizes.values())
-        return sum(k * v for k, v in self.batch_sizes.items()) / total if total else 0.0
-
-    @property
-    def padding_efficiency(self) -> float:
-        """Real tokens / padded tokens (1.0 when nothing was padded)."""
-        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
 
 
 def stats_between(before: HostStats, after: HostStats) -> StatsWindow:

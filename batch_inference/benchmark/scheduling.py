@@ -18,6 +18,7 @@ from typing import Any
 from ..batcher.base import Batcher
 from ..errors import ConfigurationError
 from ..host import ModelHost
+from .compare import stats_between
 from .load import closed_loop, offline_batches
 
 __all__ = [
@@ -147,13 +148,7 @@ def run_policy(
         before = host.stats()
         load = closed_loop(host.predict, queries, clients)
         after = host.stats()
-    batches = {
-        size: count - before.batch_sizes.get(size, 0)
-        for size, count in after.batch_sizes.items()
-    }
-    calls = sum(batches.values())
-    real = after.real_tokens - before.real_tokens
-    padded = after.padded_tokens - before.padded_tokens
+    window = stats_between(before, after)
     return PolicyResult(
         policy=policy.name,
         clients=clients,
@@ -162,8 +157,8 @@ def run_policy(
         qps=load.qps,
         p50_ms=load.p50_s * 1e3,
         p99_ms=load.p99_s * 1e3,
-        mean_batch_size=sum(k * v for k, v in batches.items()) / calls if calls else 0.0,
-        padding_efficiency=real / padded if padded else 1.0,
+        mean_batch_size=window.mean_batch_size,
+        padding_efficiency=window.padding_efficiency,
         max_queue_wait_ms=after.queue_wait_s.max * 1e3,
         max_model_ms=after.model_time_s.max * 1e3,
     )

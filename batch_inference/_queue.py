@@ -80,12 +80,16 @@ class RequestQueue:
                     self._not_full.wait(None if remaining == _FOREVER else remaining)
                     if self._closed:
                         raise HostNotRunningError("the host stopped while this request waited")
-            self._items.append(request)
-            self.accepted += 1
-            if self._idle_takers:  # notify() costs a microsecond even when nobody waits
-                self._not_empty.notify()
-            if self._ahead_takers and len(self._items) >= self._ahead_at:
-                self._ahead.notify()
+            self._append(request)
+
+    def _append(self, request: Request) -> None:
+        """Queue ``request`` and wake a taker that waits for it (locked)."""
+        self._items.append(request)
+        self.accepted += 1
+        if self._idle_takers:  # notify() costs a microsecond even when nobody waits
+            self._not_empty.notify()
+        if self._ahead_takers and len(self._items) >= self._ahead_at:
+            self._ahead.notify()
 
     def put_or_wait(
         self, request: Request, loop: asyncio.AbstractEventLoop
@@ -103,12 +107,7 @@ class RequestQueue:
                 room = loop.create_future()
                 self._space_waiters.append((loop, room))
                 return room
-            self._items.append(request)
-            self.accepted += 1
-            if self._idle_takers:  # notify() costs a microsecond even when nobody waits
-                self._not_empty.notify()
-            if self._ahead_takers and len(self._items) >= self._ahead_at:
-                self._ahead.notify()
+            self._append(request)
             return None
 
     def forget_space_waiter(self, room: asyncio.Future) -> None:

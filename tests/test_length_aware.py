@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batch_inference import ConfigurationError
+from batch_inference import ConfigurationError, InvalidRequestError
 from batch_inference.batcher import (
     BatchLimits,
     BucketSeqBatcher,
@@ -310,3 +310,11 @@ def test_a_large_window_is_partitioned_too() -> None:
     selection = LengthAwareBatcher([0]).select(items, BatchLimits(200), 1e9)
     assert 0 in selection.indices
     assert all(i < 256 for i in selection.indices)  # the default window holds at most 256
+
+
+def test_dtypes_option_refuses_a_wrong_dtype_like_seq_batcher() -> None:
+    batcher = LengthAwareBatcher([0, 0], dtypes=[torch.int64, torch.int64])
+    ids = torch.ones(1, 5, dtype=torch.int64)
+    assert batcher.inspect((ids, ids)).length == 5
+    with pytest.raises(InvalidRequestError, match="int32"):
+        batcher.inspect((ids, ids.to(torch.int32)))

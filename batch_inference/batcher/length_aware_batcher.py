@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from .base import BatchLimits, Selection, Waiting
-from .seq_batcher import SeqBatcher
+from .seq_batcher import OutputSeqDim, SeqBatcher
 
 __all__ = ["LengthAwareBatcher"]
 
@@ -48,7 +48,7 @@ class LengthAwareBatcher(SeqBatcher):
 
     Parameters
     ----------
-    padding_tokens, tensor, max_length, output_seq_dim:
+    padding_tokens, tensor, max_length, output_seq_dim, dtypes:
         As for :class:`SeqBatcher`.
     call_cost_tokens:
         The fixed cost of one ``predict_batch`` call, in padded tokens: how
@@ -67,12 +67,13 @@ class LengthAwareBatcher(SeqBatcher):
         padding_tokens: Sequence[Any],
         tensor: str | None = None,
         max_length: int | None = None,
-        output_seq_dim: int | None = 1,
+        output_seq_dim: OutputSeqDim = 1,
         *,
+        dtypes: Sequence[Any] | None = None,
         call_cost_tokens: float = 64,
         window: int | None = None,
     ) -> None:
-        super().__init__(padding_tokens, tensor, max_length, output_seq_dim)
+        super().__init__(padding_tokens, tensor, max_length, output_seq_dim, dtypes=dtypes)
         if isinstance(call_cost_tokens, bool) or not (
             isinstance(call_cost_tokens, (int, float)) and 0 <= call_cost_tokens < math.inf
         ):

@@ -10,7 +10,11 @@ from ._split import _rebuild_mapping, _rebuild_sequence, split_rows
 from .base import RequestInfo
 from .concat_batcher import ConcatBatcher
 
-__all__ = ["SeqBatcher"]
+__all__ = ["OutputSeqDim", "SeqBatcher"]
+
+#: Where outputs hold the sequence: one dimension for every output, or one entry per output
+#: (a list for a tuple/list output, a dict for a dict output); ``None`` trims nothing.
+OutputSeqDim = int | None | Sequence[int | None] | Mapping[Any, int | None]
 
 
 class SeqBatcher(ConcatBatcher):
@@ -50,7 +54,7 @@ class SeqBatcher(ConcatBatcher):
         padding_tokens: Sequence[Any],
         tensor: str | None = None,
         max_length: int | None = None,
-        output_seq_dim: int | None = 1,
+        output_seq_dim: OutputSeqDim = 1,
         *,
         dtypes: Sequence[Any] | None = None,
     ) -> None:

@@ -18,6 +18,7 @@ from batch_inference.benchmark import (
     environment,
     format_environment,
     offline_batches,
+    on_own_thread,
     run_mode,
 )
 from batch_inference.benchmark.bert import load_bert, make_queries, random_lengths
@@ -225,6 +226,31 @@ def test_offline_batches_without_synchronize() -> None:
     calls: list[int] = []
     assert offline_batches(lambda x: calls.append(x), [(1,), (2,), (3,)]) >= 0
     assert calls == [1, 2, 3]
+
+
+def test_offline_batches_run_off_the_callers_thread() -> None:
+    seen: list[threading.Thread] = []
+    offline_batches(lambda: seen.append(threading.current_thread()), [(), ()])
+    assert len(seen) == 2 and seen[0] is seen[1]
+    assert seen[0] is not threading.current_thread()
+    assert not seen[0].is_alive()  # it ended, and its OpenMP team with it
+
+
+def test_on_own_thread_returns_the_result_and_passes_arguments() -> None:
+    def where(a: int, b: int = 0) -> tuple[int, str]:
+        return a + b, threading.current_thread().name
+
+    total, name = on_own_thread(where, 2, b=3)
+    assert total == 5
+    assert name != threading.current_thread().name
+
+
+def test_on_own_thread_reraises_the_error_in_the_caller() -> None:
+    def boom() -> None:
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError, match="missing"):
+        on_own_thread(boom)
 
 
 # ----------------------------------------------------------------------------- BERT workload

@@ -63,6 +63,7 @@ from batch_inference.benchmark import (
     format_environment,
     measure_host,
     median_of_rounds,
+    on_own_thread,
     run_mode,
     save_results,
 )
@@ -118,9 +119,13 @@ fig.tight_layout()
 # average batch size and the padding are read from ``host.stats()`` over the
 # measured run only. Every run also checks the answers of its first queries
 # against the model run on each query alone: batching must not change what a
-# caller gets (each output trimmed back to its own length).
+# caller gets (each output trimmed back to its own length). The reference
+# answers are computed on a thread of their own
+# (:func:`~batch_inference.benchmark.on_own_thread`): on a CPU, a model call on
+# the main thread would leave an OpenMP team behind that slows every later
+# call on a host's worker thread.
 
-alone = [model.predict_batch(*query) for query in queries[:CHECKED]]
+alone = on_own_thread(lambda: [model.predict_batch(*query) for query in queries[:CHECKED]])
 max_errors = [0.0]
 
 

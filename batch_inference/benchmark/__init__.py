@@ -11,7 +11,7 @@ from .compare import (
     median_of_rounds,
     stats_between,
 )
-from .load import LoadResult, async_closed_loop, closed_loop, offline_batches
+from .load import LoadResult, async_closed_loop, closed_loop, offline_batches, on_own_thread
 from .mode import environment, format_environment, run_mode
 from .results import load_results, save_results
 
@@ -28,6 +28,7 @@ __all__ = [
     "measure_host",
     "median_of_rounds",
     "offline_batches",
+    "on_own_thread",
     "run_mode",
     "save_results",
     "stats_between",

@@ -267,8 +267,13 @@ class ModelHost:
 
     # ------------------------------------------------------------------ requests
     def _make_request(
-        self, args: tuple[Any, ...], timeout: float | None, loop: asyncio.AbstractEventLoop | None
+        self,
+        args: tuple[Any, ...],
+        timeout: float | None,
+        loop: asyncio.AbstractEventLoop | None,
+        kind: str = "future",
     ) -> Request:
+        """A checked request; ``kind`` chooses its future (see :class:`Request`)."""
         if self._broken is not None:
             raise HostBrokenError("the host is broken: a worker died") from self._broken
         low, high = self._arg_range
@@ -286,8 +291,7 @@ class ModelHost:
         elif type(timeout) is not float or not 0.0 < timeout < _FOREVER:
             timeout = checked_timeout(timeout)  # an int, inf (no deadline), or refused
         now_s = time.monotonic()
-        request = Request(args, info, now_s, None if timeout is None else now_s + timeout,
-                          loop is not None)
+        request = Request(args, info, now_s, None if timeout is None else now_s + timeout, kind)
         if loop is not None:
             request.loop = loop
             request.loop_future = loop.create_future()
@@ -375,7 +379,7 @@ class ModelHost:
             With a full queue, wait for room (within ``timeout``) instead of
             raising :class:`~batch_inference.errors.QueueFullError` at once.
         """
-        request = self._make_request(args, timeout, None)
+        request = self._make_request(args, timeout, None, "thread")
         self._put(request, wait_for_queue)
         future = request.future
         try:
@@ -397,7 +401,7 @@ class ModelHost:
         Cancelling the awaiting task removes the request if it has not started.
         """
         loop = asyncio.get_running_loop()
-        request = self._make_request(args, timeout, loop)
+        request = self._make_request(args, timeout, loop, "loop")
         if wait_for_queue:
             await self._put_async(request, loop)
         else:

@@ -79,11 +79,13 @@ pd.DataFrame([
 # ----------------------------------------
 
 fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(10, 3.6))
-ax_t.bar([str(n) for n in THREADS], list(thread_rps.values()), color="#4c72b0")
+ax_t.bar(range(len(THREADS)), list(thread_rps.values()), color="#4c72b0")
+ax_t.set_xticks(range(len(THREADS)), [str(n) for n in THREADS])
 ax_t.set_xlabel("client threads")
 ax_t.set_ylabel("requests / s")
 ax_t.set_title("threads: host.predict")
-ax_a.bar([str(n) for n in TASKS], list(async_rps.values()), color="#55a868")
+ax_a.bar(range(len(TASKS)), list(async_rps.values()), color="#55a868")
+ax_a.set_xticks(range(len(TASKS)), [str(n) for n in TASKS])
 ax_a.set_xlabel("asyncio tasks")
 ax_a.set_title("asyncio: await host.predict_async")
 fig.suptitle("a model that does nothing: the host's own cost")

@@ -120,8 +120,8 @@ fig.tight_layout()
 # measured run only. Every run also checks the answers of its first queries
 # against the model run on each query alone: batching must not change what a
 # caller gets (each output trimmed back to its own length). The reference
-# answers are computed on a thread of their own
-# (:func:`~batch_inference.benchmark.on_own_thread`): on a CPU, a model call on
+# answers and the comparisons are computed on a thread of their own
+# (:func:`~batch_inference.benchmark.on_own_thread`): on a CPU, torch work on
 # the main thread would leave an OpenMP team behind that slows every later
 # call on a host's worker thread.
 
@@ -130,9 +130,12 @@ max_errors = [0.0]
 
 
 def check(outputs: list) -> None:
-    for got, expected in zip(outputs, alone):
-        assert got.shape == expected.shape, (got.shape, expected.shape)
-        max_errors.append(float((got - expected).abs().max()))
+    def compare() -> None:  # tensor maths: off the main thread too
+        for got, expected in zip(outputs, alone):
+            assert got.shape == expected.shape, (got.shape, expected.shape)
+            max_errors.append(float((got - expected).abs().max()))
+
+    on_own_thread(compare)
     outputs.clear()  # checked; do not hold every embedding in memory
 
 

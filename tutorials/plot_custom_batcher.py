@@ -207,12 +207,13 @@ with ModelHost(model_obj=model, batcher=ImageBatcher()) as host:
 # A few images and the edge maps their callers received from the batched
 # host, each cropped back to its own size.
 
+shown = on_own_thread(lambda: [images[i][0].permute(1, 2, 0).clamp(0, 1).numpy()
+                               for i in range(4)])
 fig, axes = plt.subplots(2, 4, figsize=(9, 4.4))
-for column, index in enumerate([0, 1, 2, 3]):
-    (image,) = images[index]
-    axes[0, column].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
-    axes[0, column].set_title(f"{image.shape[1]}x{image.shape[2]}", fontsize=9)
-    axes[1, column].imshow(load.outputs[index][0].numpy(), cmap="magma")
+for column, picture in enumerate(shown):
+    axes[0, column].imshow(picture)
+    axes[0, column].set_title(f"{picture.shape[0]}x{picture.shape[1]}", fontsize=9)
+    axes[1, column].imshow(load.outputs[column][0].numpy(), cmap="magma")
 for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])

@@ -42,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from matplotlib.patches import Patch
 from transformers.utils import logging as transformers_logging
 
 from batch_inference.batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
@@ -250,16 +251,18 @@ fig, ax = plt.subplots(figsize=(8, 3.4))
 names = list(colors)
 xs = range(len(names))
 ax.bar([x - 0.2 for x in xs], [by_policy[n].pct_of_ceiling for n in names], 0.4,
-       color=[colors[n] for n in names], label="measured")
+       color=[colors[n] for n in names])
 ax.bar([x + 0.2 for x in xs],
        [simulated_pct[n, top] for n in names], 0.4,
-       color="white", edgecolor=[colors[n] for n in names], hatch="//",
-       label="simulated (no host)")
+       color="white", edgecolor=[colors[n] for n in names], hatch="//")
 ax.set_xticks(list(xs), names)
 ax.axhline(100, color="black", linestyle="--", linewidth=1)
 ax.set_ylabel("% of the offline ceiling")
 ax.set_title(f"{top} clients: measured against each policy's own limit")
-ax.legend(fontsize=8, loc="lower right")
+ax.legend(handles=[Patch(color="#8c8c8c", label="measured"),
+                   Patch(facecolor="white", edgecolor="#8c8c8c", hatch="//",
+                         label="simulated (no host)")],
+          fontsize=8, loc="lower right")
 fig.tight_layout()
 
 # %%

@@ -20,7 +20,11 @@ machine that builds these docs** (printed below):
 Each runs at several concurrency levels (client threads, each sending one
 query at a time), with ``max_batch_size=32``. For each: queries per second,
 median and 99th-percentile latency, padding efficiency (real tokens / computed
-tokens), average batch size, and the percentage of the ceiling.
+tokens), average batch size, and the percentage of the ceiling. Then each
+policy's own limit: the same closed loop served by the policy's ``select`` in
+simulated time, from a model of a call's cost fitted in the same run, which
+shows how much of the gap to the ceiling is the policy's and how much the
+host's.
 
 **quick** mode (a CPU): 400 queries of 1 to 64 tokens through the real
 ``all-MiniLM-L6-v2`` weights. **full** mode (a CUDA GPU): 2000 queries of 1 to

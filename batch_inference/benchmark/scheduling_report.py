@@ -18,7 +18,7 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["main", "scheduling_policies"]
+__all__ = ["main", "scheduling_policies", "simulated_limits"]
 
 
 def scheduling_policies(
@@ -37,6 +37,38 @@ def scheduling_policies(
         Policy("LengthAwareBatcher", aware, max_batch_size),
         Policy(f"LengthAwareBatcher, max_delay_s={delay_s}", aware, max_batch_size, delay_s),
     ]
+
+
+def simulated_limits(model: Any, results: list, queries: list, clients: int) -> dict[str, Any]:
+    """Each measured policy served in simulated time (see :mod:`.simulate`), no host."""
+    import torch
+
+    from .simulate import fit_cost_model, simulate_closed_loop, simulate_offline
+
+    def make_batch(rows: int, length: int) -> tuple[Any, Any]:
+        ids = torch.randint(1000, 2000, (rows, length))
+        return ids, torch.ones_like(ids)
+
+    def request_args(length: int) -> tuple[Any, Any]:
+        row = torch.zeros(1, length, dtype=torch.long)
+        return row, row
+
+    lengths = [int(q[0].shape[-1]) for q in queries]
+    cost = fit_cost_model(model.predict_batch, make_batch, lengths=(8, 32, max(lengths)))
+    ceiling = simulate_offline(lengths, 32, cost).qps
+    batchers = {p.name: p for p in scheduling_policies()}
+    qps = {
+        r.policy: simulate_closed_loop(batchers[r.policy].batcher, lengths, clients, cost,
+                                       request_args, batchers[r.policy].max_batch_size,
+                                       batchers[r.policy].max_delay_s).qps
+        for r in results
+    }
+    return {
+        "cost_model": {k: float(f"{v:.4g}") for k, v in cost.record().items()},
+        "ceiling_qps": ceiling,
+        "pct_of_ceiling": {name: 100 * value / ceiling for name, value in qps.items()},
+        "aware_over_bucket": qps["LengthAwareBatcher"] / qps["BucketSeqBatcher([16, 32, 64])"],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -84,6 +116,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = aware.qps / bucket.qps  # medians of the same run (alternating)
     print(f"\nLengthAwareBatcher: {aware.pct_of_ceiling:.1f}% of the ceiling (target >= 85%), "
           f"{ratio:.2f}x BucketSeqBatcher (target >= 1.3x)")
+    simulated = simulated_limits(model, results, queries, args.clients)
+    print(f"\nsimulated, no host (cost model fitted now: {simulated['cost_model']}):")
+    for name, pct in simulated["pct_of_ceiling"].items():
+        print(f"  {name:44s} {pct:5.1f}% of the simulated ceiling")
+    print(f"  LengthAwareBatcher / BucketSeqBatcher: {simulated['aware_over_bucket']:.2f}x "
+          "(the most any host could show with these two batchers here)")
     print("longest queue wait (start of a request's batch) vs max_delay_s + longest batch:")
     for r in results:
         delay_ms = 1e3 * next(p.max_delay_s for p in scheduling_policies() if p.name == r.policy)
@@ -94,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ceilings_qps": ceilings,
         "policies": [r.record() for r in results],
         "aware_over_bucket": ratio,
+        "simulated": simulated,
     }
     if not args.no_overhead:
         print("\noverhead, model that does nothing (in a fresh interpreter):", flush=True)

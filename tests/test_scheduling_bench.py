@@ -13,6 +13,7 @@ from batch_inference.batcher import LengthAwareBatcher, SeqBatcher
 from batch_inference.benchmark.overhead import (
     NoOpModel,
     async_requests_per_s,
+    handoff_floor_requests_per_s,
     lone_caller_added_s,
     thread_requests_per_s,
 )
@@ -90,6 +91,17 @@ def test_overhead_figures_are_measured() -> None:
     assert added_s > -0.01  # a host call is not faster than a direct one by more than noise
     with pytest.raises(ConfigurationError, match="calls"):
         lone_caller_added_s(calls=0)
+
+
+@pytest.mark.timeout(60)
+def test_handoff_floor_serves_every_call_and_stops_its_server() -> None:
+    import threading
+
+    before = {t.name for t in threading.enumerate()}
+    rate = handoff_floor_requests_per_s(threads=4, requests=400)
+    assert 0 < rate < float("inf")
+    # The server thread was told to stop and joined: nothing is left behind.
+    assert "handoff-floor-server" not in {t.name for t in threading.enumerate()} - before
 
 
 def test_policy_result_record_is_plain(tmp_path: Any) -> None:

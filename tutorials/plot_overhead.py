@@ -24,7 +24,11 @@ is ready, so each request costs at least one wake-up of a sleeping thread by
 another. On a virtual machine whose CPUs are otherwise idle, a wake-up can cost
 tens of microseconds (the CPU has to be woken first), and that, not the host's
 own work, then bounds the thread figures; asyncio tasks need no such wake-up
-per request.
+per request. So next to each thread figure this page measures a **floor**:
+the same closed loop with no host at all, where each call only hands a lock to
+a server thread and sleeps until it is released
+(:func:`~batch_inference.benchmark.overhead.handoff_floor_requests_per_s`). No
+thread-based host can beat it on this machine.
 """
 
 # %%
@@ -37,6 +41,7 @@ import pandas as pd
 from batch_inference.benchmark import environment, format_environment, run_mode, save_results
 from batch_inference.benchmark.overhead import (
     async_requests_per_s,
+    handoff_floor_requests_per_s,
     lone_caller_added_s,
     thread_requests_per_s,
 )
@@ -54,12 +59,16 @@ TASKS = [1, 10, 100, 1000]
 # and the less each request costs. ``max_batch_size`` is 64 for threads and
 # 256 for tasks.
 
-thread_rps = {n: thread_requests_per_s(n, requests=min(20_000, 2_000 * n)) for n in THREADS}
+thread_rps, floor_rps = {}, {}
+for n in THREADS:  # side by side: the host, then the floor, at each thread count
+    thread_rps[n] = thread_requests_per_s(n, requests=min(20_000, 2_000 * n))
+    floor_rps[n] = handoff_floor_requests_per_s(n, requests=min(20_000, 2_000 * n))
 async_rps = {n: async_requests_per_s(n, requests=min(60_000, 2_000 * n)) for n in TASKS}
 lone_ms = lone_caller_added_s(calls=2_000) * 1e3
 
 for n, rps in thread_rps.items():
-    print(f"{n:5d} threads: {rps:10,.0f} requests/s")
+    print(f"{n:5d} threads: {rps:10,.0f} requests/s (floor: {floor_rps[n]:,.0f}, "
+          f"{rps / floor_rps[n]:.0%} of it)")
 for n, rps in async_rps.items():
     print(f"{n:5d} tasks  : {rps:10,.0f} requests/s")
 print(f"a lone caller adds {lone_ms:.3f} ms at the median")
@@ -70,6 +79,10 @@ print(f"a lone caller adds {lone_ms:.3f} ms at the median")
 
 pd.DataFrame([
     {"Measure": f"requests/s, {max(THREADS)} threads", "Value": f"{thread_rps[max(THREADS)]:,.0f}"},
+    {"Measure": f"requests/s, {max(THREADS)} threads, hand-off floor (no host)",
+     "Value": f"{floor_rps[max(THREADS)]:,.0f}"},
+    {"Measure": "host / floor, threads",
+     "Value": f"{thread_rps[max(THREADS)] / floor_rps[max(THREADS)]:.0%}"},
     {"Measure": f"requests/s, {max(TASKS)} asyncio tasks", "Value": f"{async_rps[max(TASKS)]:,.0f}"},
     {"Measure": "added latency, lone caller (median)", "Value": f"{lone_ms:.3f} ms"},
 ])
@@ -79,8 +92,12 @@ pd.DataFrame([
 # ----------------------------------------
 
 fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(10, 3.6))
-ax_t.bar(range(len(THREADS)), list(thread_rps.values()), color="#4c72b0")
+ax_t.bar([i - 0.2 for i in range(len(THREADS))], list(thread_rps.values()), 0.4,
+         color="#4c72b0", label="host.predict")
+ax_t.bar([i + 0.2 for i in range(len(THREADS))], list(floor_rps.values()), 0.4,
+         color="white", edgecolor="#4c72b0", hatch="//", label="floor: hand-off only")
 ax_t.set_xticks(range(len(THREADS)), [str(n) for n in THREADS])
+ax_t.legend(fontsize=8)
 ax_t.set_xlabel("client threads")
 ax_t.set_ylabel("requests / s")
 ax_t.set_title("threads: host.predict")
@@ -96,6 +113,7 @@ fig.tight_layout()
 save_results("overhead", {
     "environment": {k: str(v) for k, v in env.items()},
     "thread_requests_per_s": {str(k): v for k, v in thread_rps.items()},
+    "thread_floor_requests_per_s": {str(k): v for k, v in floor_rps.items()},
     "async_requests_per_s": {str(k): v for k, v in async_rps.items()},
     "lone_caller_added_ms": lone_ms,
 })

@@ -2,7 +2,9 @@
 
 Three figures: requests per second from many threads, requests per second from
 many asyncio tasks, and the latency a lone caller adds over calling
-``predict_batch`` directly (median). Nothing here imports pandas, matplotlib
+``predict_batch`` directly (median). And, for the thread figure, a floor
+measured side by side: the same closed loop with no host at all, only the
+hand-off of each request to another thread and back. Nothing here imports pandas, matplotlib
 or transformers.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,6 +28,7 @@ __all__ = [
     "NoOpModel",
     "OverheadResult",
     "async_requests_per_s",
+    "handoff_floor_requests_per_s",
     "lone_caller_added_s",
     "measure_overhead",
     "thread_requests_per_s",
@@ -55,6 +59,51 @@ def thread_requests_per_s(threads: int = 64, requests: int = 50_000,
     with _host(max_batch_size) as host:
         closed_loop(host.predict, queries[: min(requests, 2_000)], threads)  # warm up
         return closed_loop(host.predict, queries, threads).qps
+
+
+def handoff_floor_requests_per_s(threads: int = 64, requests: int = 50_000) -> float:
+    """Requests per second with no host at all: the least a blocking thread caller pays here.
+
+    Each call makes a lock, holds it, queues it and blocks on it; one server
+    thread takes every queued lock at once and releases them. No batcher, no
+    model, no futures, no stats: only the hand-off to another thread and the
+    wake-up, driven by the same closed loop as :func:`thread_requests_per_s`.
+    """
+    waiting: list[threading.Lock] = []
+    ready = threading.Condition()
+    stopping = False
+
+    def serve() -> None:
+        nonlocal waiting
+        while True:
+            with ready:
+                while not waiting and not stopping:
+                    ready.wait()
+                if not waiting:
+                    return
+                taken, waiting = waiting, []
+            for lock in taken:
+                lock.release()
+
+    def call(_row: Any) -> None:
+        lock = threading.Lock()
+        lock.acquire()
+        with ready:
+            waiting.append(lock)
+            ready.notify()
+        lock.acquire()
+
+    server = threading.Thread(target=serve, name="handoff-floor-server", daemon=True)
+    server.start()
+    try:
+        queries = _queries(requests)
+        closed_loop(call, queries[: min(requests, 2_000)], threads)  # warm up
+        return closed_loop(call, queries, threads).qps
+    finally:
+        with ready:
+            stopping = True
+            ready.notify()
+        server.join()
 
 
 def async_requests_per_s(tasks: int = 1_000, requests: int = 100_000,
@@ -92,13 +141,14 @@ def lone_caller_added_s(calls: int = 2_000) -> float:
 
 @dataclass(frozen=True)
 class OverheadResult:
-    """The three overhead figures (see the module docstring)."""
+    """The three overhead figures (see the module docstring), and the thread hand-off floor."""
 
     thread_requests_per_s: float
     threads: int
     async_requests_per_s: float
     tasks: int
     lone_caller_added_ms: float
+    thread_floor_requests_per_s: float = 0.0
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +164,7 @@ def measure_overhead(quick: bool = True) -> OverheadResult:
         async_requests_per_s=async_requests_per_s(tasks, 100_000 * scale),
         tasks=tasks,
         lone_caller_added_ms=lone_caller_added_s(2_000 * scale) * 1e3,
+        thread_floor_requests_per_s=handoff_floor_requests_per_s(threads, 30_000 * scale),
     )
 
 

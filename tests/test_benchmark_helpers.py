@@ -194,6 +194,27 @@ def test_async_closed_loop_propagates_errors() -> None:
     assert caught.value is error
 
 
+@pytest.mark.timeout(30)
+def test_async_closed_loop_cancels_the_other_clients_when_one_fails() -> None:
+    never = asyncio.Event()
+    cancelled: list[int] = []
+
+    async def call(i: int) -> int:
+        if i == 0:
+            await asyncio.sleep(0)  # let the others start waiting first
+            raise KeyError("query 0")
+        try:
+            await never.wait()  # would block forever without the cancellation
+        except asyncio.CancelledError:
+            cancelled.append(i)
+            raise
+        return i
+
+    with pytest.raises(KeyError, match="query 0"):
+        asyncio.run(async_closed_loop(call, [(i,) for i in range(4)], 4))
+    assert sorted(cancelled) == [1, 2, 3]
+
+
 def test_async_closed_loop_needs_concurrency() -> None:
     async def call() -> None:
         return None

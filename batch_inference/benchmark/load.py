@@ -111,7 +111,10 @@ async def async_closed_loop(
     concurrency: int,
     keep_outputs: bool = False,
 ) -> LoadResult:
-    """Like :func:`closed_loop` with ``concurrency`` asyncio tasks on the running loop."""
+    """Like :func:`closed_loop` with ``concurrency`` asyncio tasks on the running loop.
+
+    The first exception a call raises cancels the other tasks and is re-raised here.
+    """
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be >= 1, got {concurrency!r}")
     n = len(queries)
@@ -128,7 +131,12 @@ async def async_closed_loop(
                 outputs[i] = out
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(min(concurrency, n))))
+    try:
+        async with asyncio.TaskGroup() as group:  # one failing client cancels the others
+            for _ in range(min(concurrency, n)):
+                group.create_task(client())
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
     wall = time.perf_counter() - started
     return LoadResult(n, wall, latencies, outputs)
 

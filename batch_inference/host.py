@@ -10,14 +10,14 @@ from typing import Any
 
 from ._checks import (
     checked_timeout,
-    loop_deadline,
     non_negative,
     positional_range,
     positive_int,
     remaining,
     timeout_message,
 )
-from ._queue import _FOREVER, RequestQueue
+from ._fronts import RequestFronts
+from ._queue import RequestQueue
 from ._request import Request, settle
 from ._worker import Scatter, Worker
 from .batcher.base import Batcher, BatchLimits
@@ -25,10 +25,8 @@ from .batcher.concat_batcher import ConcatBatcher
 from .errors import (
     ConfigurationError,
     HostBrokenError,
-    HostNotRunningError,
     HostStoppedError,
     InvalidRequestError,
-    QueueFullError,
     RequestTimeoutError,
 )
 from .stats import HostStats, StatsRecorder
@@ -36,7 +34,7 @@ from .stats import HostStats, StatsRecorder
 __all__ = ["ModelHost"]
 
 
-class ModelHost:
+class ModelHost(RequestFronts):
     """Serve ``predict_batch`` of a model to many concurrent callers.
 
     Callers send one request each (:meth:`predict` from threads,
@@ -264,174 +262,6 @@ class ModelHost:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
-
-    # ------------------------------------------------------------------ requests
-    def _make_request(
-        self,
-        args: tuple[Any, ...],
-        timeout: float | None,
-        loop: asyncio.AbstractEventLoop | None,
-        kind: str = "future",
-    ) -> Request:
-        """A checked request; ``kind`` chooses its future (see :class:`Request`)."""
-        if self._broken is not None:
-            raise HostBrokenError("the host is broken: a worker died") from self._broken
-        low, high = self._arg_range
-        if not low <= len(args) <= high:
-            if high == float("inf"):
-                expected = f"at least {low}"
-            else:
-                expected = str(low) if low == high else f"{low} to {int(high)}"
-            raise InvalidRequestError(
-                f"predict_batch takes {expected} arguments, got {len(args)}"
-            )
-        info = self.batcher.inspect(args)
-        if timeout is None:
-            timeout = self.default_timeout_s
-        elif type(timeout) is not float or not 0.0 < timeout < _FOREVER:
-            timeout = checked_timeout(timeout)  # an int, inf (no deadline), or refused
-        now_s = time.monotonic()
-        request = Request(args, info, now_s, None if timeout is None else now_s + timeout, kind)
-        if loop is not None:
-            request.loop = loop
-            request.loop_future = loop.create_future()
-        return request
-
-    def submit(self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False):
-        """Queue one request and return its :class:`concurrent.futures.Future`.
-
-        The future's result is what :meth:`predict` returns. Cancelling it
-        before its batch starts removes the request from the queue (it is
-        never run); ``cancel()`` returns ``False`` once its batch has started.
-        A request whose ``timeout`` (or ``default_timeout_s``) passes before its
-        batch starts is not run: its future gets
-        :class:`~batch_inference.errors.RequestTimeoutError` when a worker
-        reaches it. To stop waiting at the deadline itself, wait with
-        ``future.result(timeout)`` and ``cancel()`` (or use :meth:`predict`).
-        """
-        request = self._make_request(args, timeout, None)
-        self._put(request, wait_for_queue)
-        request.future.add_done_callback(lambda future: self._on_cancel(future, request))
-        return request.future
-
-    def _on_cancel(self, future: Any, request: Request) -> None:
-        if future.cancelled():
-            self._queue.discard(request)
-            self._stats.count("cancelled")
-
-    def _put(self, request: Request, wait_for_queue: bool) -> None:
-        if not self._workers:
-            raise HostNotRunningError(
-                "the host is not running: call start() (or use `with host:`) before predict"
-            )
-        until_s = request.deadline_s if wait_for_queue else None
-        if wait_for_queue and until_s is None:
-            until_s = _FOREVER
-        try:
-            self._queue.put(request, until_s)
-        except HostNotRunningError:
-            self._raise_if_broken()
-            raise
-
-    async def _put_async(self, request: Request, loop: asyncio.AbstractEventLoop) -> None:
-        """``_put(request, wait_for_queue=True)`` for asyncio callers: waits without a thread."""
-        if not self._workers:
-            self._put(request, False)  # raises HostNotRunningError
-        queue = self._queue
-        while True:
-            try:
-                room = queue.put_or_wait(request, loop)
-            except HostNotRunningError:
-                self._raise_if_broken()
-                raise
-            if room is None:
-                return
-            try:
-                async with asyncio.timeout_at(loop_deadline(loop, request.deadline_s)):
-                    await room
-            except BaseException as error:
-                queue.forget_space_waiter(room)
-                if isinstance(error, TimeoutError):
-                    raise QueueFullError(
-                        f"the queue still held max_queue_size={self.max_queue_size} requests "
-                        "when this request's timeout ran out"
-                    ) from None
-                raise
-
-    def _raise_if_broken(self) -> None:
-        if self._broken is not None:
-            raise HostBrokenError("the host is broken: a worker died") from self._broken
-
-    def predict(
-        self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
-    ) -> Any:
-        """Run one request through the model, batched with others; block for its result.
-
-        Parameters
-        ----------
-        *args:
-            The request: one value per argument of ``predict_batch``.
-        timeout:
-            Seconds to wait at most (default: the host's ``default_timeout_s``);
-            then :class:`~batch_inference.errors.RequestTimeoutError` is raised
-            and the request is removed if it has not started.
-        wait_for_queue:
-            With a full queue, wait for room (within ``timeout``) instead of
-            raising :class:`~batch_inference.errors.QueueFullError` at once.
-        """
-        request = self._make_request(args, timeout, None, "thread")
-        self._put(request, wait_for_queue)
-        future = request.future
-        try:
-            return future.result(remaining(request.deadline_s))
-        except TimeoutError:
-            if future.done():
-                return future.result()  # its own outcome (maybe a RequestTimeoutError)
-            self._abandon(request, "timed_out")
-            raise RequestTimeoutError(timeout_message(request)) from None
-        except BaseException:
-            self._abandon(request, "cancelled")
-            raise
-
-    async def predict_async(
-        self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
-    ) -> Any:
-        """Awaitable :meth:`predict` for asyncio callers; never blocks the event loop.
-
-        Cancelling the awaiting task removes the request if it has not started.
-        """
-        loop = asyncio.get_running_loop()
-        request = self._make_request(args, timeout, loop, "loop")
-        if wait_for_queue:
-            await self._put_async(request, loop)
-        else:
-            self._put(request, False)
-        loop_future = request.loop_future
-        assert loop_future is not None
-        try:
-            if request.deadline_s is None:  # no timeout context: it costs a few microseconds
-                return await loop_future
-            async with asyncio.timeout_at(loop_deadline(loop, request.deadline_s)):
-                return await loop_future
-        except TimeoutError as error:
-            if loop_future.cancelled() or not loop_future.done():  # the deadline passed
-                self._abandon(request, "timed_out")
-                raise RequestTimeoutError(timeout_message(request)) from None
-            if loop_future.exception() is error:
-                raise  # the request's own outcome (a TimeoutError of the model, or expiry)
-        except asyncio.CancelledError:
-            self._abandon(request, "cancelled")
-            raise
-        # The deadline fired just as the outcome arrived: the caller gets the outcome.
-        return loop_future.result()
-
-    def _abandon(self, request: Request, kind: str) -> None:
-        """The caller gave up: drop the request if it has not started."""
-        if request.future.cancel():
-            self._queue.discard(request)
-            self._stats.count(kind)
-        elif kind == "timed_out":
-            self._stats.count(kind)
 
     # ------------------------------------------------------------------ worker hooks
     def _current_limits(self) -> BatchLimits:

@@ -50,6 +50,10 @@ def _public_names(module: ModuleType) -> list[str]:
     )
 
 
+def _is_private(module_name: str) -> bool:
+    return any(part.startswith("_") for part in module_name.split("."))
+
+
 def _role(obj: Any) -> str:
     if inspect.isclass(obj):
         return "class"
@@ -82,7 +86,10 @@ def module_page(name: str) -> str:
         if role == "class":
             kind = "autoexception" if issubclass(obj, BaseException) else "autoclass"
             lines += [f".. {kind}:: {name}.{attr}", "   :members:"]
-            if obj.__bases__ != (object,):  # "Bases: object" says nothing
+            if any(_is_private(base.__module__) for base in obj.__bases__):
+                # e.g. ModelHost's request fronts: shown as its own members, no private base
+                lines.append("   :inherited-members:")
+            elif obj.__bases__ != (object,):  # "Bases: object" says nothing
                 lines.append("   :show-inheritance:")
             lines.append("")
         elif role == "func":

@@ -227,6 +227,7 @@ def test_pages_have_snippets_to_run() -> None:
     pages = {where.split("#")[0] for where, _ in _page_snippets()}
     assert {"index.md", "getting_started.md", "model_host.md", "batcher/concat_batcher.md",
             "batcher/seq_batcher.md", "batcher/bucket_seq_batcher.md",
+            "batcher/length_aware_batcher.md",
             "batcher/what_is_batcher.md"} <= pages
 
 

@@ -1,19 +1,26 @@
 """Pipelining: one worker's next batch is formed and prepared while its model runs.
 
-Each worker has a :class:`Prefetcher` thread. It takes a batch from the queue,
-prepares it (``batcher.batch``: gather, pad, stack; then the copy to the
-worker's device) and hands it over through a one-batch slot; the worker's
-model thread only runs prepared batches. While the model is busy, the
-prefetcher asks the queue for a batch *ahead* of time, and takes one only if
-waiting longer could not make it larger (a full batch that serves the oldest
-request): forming batch k+1 early would otherwise make it smaller. When the
-model is idle, it takes whatever the batcher selects, at once.
+Each worker has a :class:`Prefetcher` thread. While the model is busy, it
+asks the queue for a batch *ahead* of time, and takes one only if waiting
+longer could not make it larger (a full batch that serves the oldest
+request): forming batch k+1 early would otherwise make it smaller. It
+prepares that batch (``batcher.batch``: gather, pad, stack; then the copy to
+the worker's device) and hands it over through a one-batch slot.
 
-Invariants (all under ``_cv``, every wait a predicate loop):
+When the model finishes and nothing is prepared, the *model thread* takes the
+next batch itself (whatever the batcher selects, at once) and prepares it:
+an idle model then costs no hand-off between threads, which is most of what
+a small batch costs.
 
-* at most one prepared batch waits in the slot;
-* ``_running`` is true exactly while the model thread runs a batch; it is read
-  by the queue, under the queue's lock, to choose between "ahead" and "now";
+Invariants:
+
+* at most one prepared batch waits in the slot (under ``_cv``);
+* ``_running`` is true exactly while the model thread runs a batch; it turns
+  false under the queue's lock, and the prefetcher takes only while it is
+  true (the queue reads it under that lock), so after the model thread turns
+  it false, either the prefetcher already holds a batch (``_holding``, also
+  set under the queue's lock; the model thread waits for the slot) or it
+  takes nothing more until the model runs again;
 * the queue *holds* every request the prefetcher took until the model thread
   starts it (``RequestQueue.start``); so a request in preparation or in the
   slot can still be cancelled, expire, or be drained (and answered) by
@@ -29,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._queue import Expire, RequestQueue
+from ._queue import IDLE, Expire, RequestQueue
 from ._request import Request
 from .batcher.base import Batcher, BatchLimits
 
@@ -67,25 +74,42 @@ class Prefetcher:
         self._cv = threading.Condition()
         self._slot: Prepared | None = None
         self._running = False
+        self._holding = False  # took a batch ahead that is not in the slot yet
+        self._stopped = False
         self._ended = False
         self._model_died: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     # ------------------------------------------------------------------ model thread side
-    def next(self) -> Prepared | None:
-        """The next prepared batch (the model is then busy); ``None`` when no more will come."""
+    def next(self) -> Prepared | list[Request] | None:
+        """The next batch; the model is busy from now on. ``None`` when no more will come.
+
+        A :class:`Prepared` batch the prefetcher holds (start it with
+        ``RequestQueue.start``), or else a list of requests this thread took
+        from the queue itself, already started, to prepare.
+        """
         with self._cv:
-            while self._slot is None and not self._ended:
+            while self._slot is None and self._holding and self._model_died is None:
                 self._cv.wait()
-            prepared, self._slot = self._slot, None
-            self._running = prepared is not None
-            self._cv.notify_all()  # the slot is free
-            return prepared
+            if self._slot is not None:
+                prepared, self._slot = self._slot, None
+                self._running = True
+                self._cv.notify_all()  # the slot is free
+                return prepared
+        batch = self._queue.take(self._batcher, self._limits, self._expire)
+        if batch is None:
+            return None
+        with self._cv:
+            self._running = True
+            self._cv.notify_all()  # the prefetcher may look ahead now
+        return batch
 
     def ran(self) -> None:
-        """The model finished its batch: stop waiting for a full batch, take what there is."""
+        """The model finished its batch: the prefetcher stops taking ahead."""
+        self._queue.locked(self._idle)
+
+    def _idle(self) -> None:  # under the queue's lock
         self._running = False
-        self._queue.wake_ahead()
 
     def has_next(self) -> bool:
         """Whether a prepared batch waits in the slot."""
@@ -98,31 +122,49 @@ class Prefetcher:
             self._slot = None
             self._cv.notify_all()
 
+    def stop(self) -> None:
+        """The model thread ends normally: so does the prefetcher."""
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+
     # ------------------------------------------------------------------ prefetcher thread
     def _busy(self) -> bool:
         return self._running
+
+    def _hold(self) -> None:  # under the queue's lock, as it takes
+        self._holding = True
 
     def _loop(self) -> None:
         try:
             while True:
                 with self._cv:
-                    while self._slot is not None and self._model_died is None:
+                    while not (self._running and self._slot is None) and not self._done():
                         self._cv.wait()
-                    if self._model_died is not None:
+                    if self._done():
                         return
-                batch = self._queue.take(self._batcher, self._limits, self._expire, self._busy)
+                batch = self._queue.take(
+                    self._batcher, self._limits, self._expire, self._busy, self._hold
+                )
                 if batch is None:
                     return
+                if batch is IDLE:
+                    continue  # the model is idle: its thread takes for itself
                 prepared = self._prepare(batch)
                 prepared.prepared_s = time.monotonic()
                 with self._cv:
                     if self._model_died is not None:
                         return  # the host is broken; it drains what the queue holds
                     self._slot = prepared
+                    self._holding = False
                     self._cv.notify_all()
         except BaseException as error:  # noqa: BLE001 - a dying prefetcher must fail every caller
             self._on_fatal(error, [])  # breaks the host, which drains what the queue holds
         finally:
             with self._cv:
                 self._ended = True
+                self._holding = False
                 self._cv.notify_all()
+
+    def _done(self) -> bool:
+        return self._stopped or self._model_died is not None

@@ -19,6 +19,10 @@ Expire = Callable[[Request], None]
 #: ``put(..., wait_for_space_until_s=_FOREVER)`` waits for room without a deadline.
 _FOREVER = float("inf")
 
+#: What :meth:`RequestQueue.take` returns to a prefetcher whose model is idle: its model
+#: thread takes the next batch itself.
+IDLE: list[Request] = []
+
 
 class RequestQueue:
     """Requests waiting for a worker.
@@ -26,9 +30,9 @@ class RequestQueue:
     Invariants: ``_items`` is in arrival order and is only read or changed
     under ``_lock``; every wait is a predicate loop on ``_not_empty`` or
     ``_not_full``, so a notification sent before a thread waits is never lost.
-    A taker whose model is busy (pipelining, see ``_pipeline.py``) waits on
-    ``_ahead`` instead, for a full batch; ``wake_ahead`` wakes it when its
-    model becomes idle, so it never waits there while its model is idle.
+    A prefetcher (pipelining, see ``_pipeline.py``) takes only while its model
+    is busy, and only a full batch: it waits on ``_ahead``; once its model is
+    idle it gets :data:`IDLE` back and the model thread takes for itself.
     """
 
     def __init__(self, max_size: int | None) -> None:
@@ -139,15 +143,18 @@ class RequestQueue:
         limits: Callable[[], BatchLimits],
         expire: Expire,
         busy: Callable[[], bool] | None = None,
+        on_hold: Callable[[], None] | None = None,
     ) -> list[Request] | None:
         """Block until the batcher selects a batch; ``None`` once closed and empty.
 
-        With ``busy`` (a prefetcher taking for one worker), the chosen requests
-        are *held*, not started: :meth:`start` starts them when the model runs
-        them, so until then they can still be cancelled, expire, or be drained.
-        While ``busy()`` (that worker's model is running a batch), only a batch
-        that cannot grow is taken, and only one holding the oldest request:
-        the batcher is asked with ``max_delay_s=inf``.
+        With ``busy`` (a prefetcher taking ahead for one worker), the chosen
+        requests are *held*, not started: :meth:`start` starts them when the
+        model runs them, so until then they can still be cancelled, expire, or
+        be drained. Only while ``busy()`` (that worker's model is running a
+        batch), only a batch that cannot grow, and only one holding the oldest
+        request: the batcher is asked with ``max_delay_s=inf``. ``on_hold()``
+        is called under the lock as the requests are taken. Once the model is
+        idle, :data:`IDLE` is returned instead (and ``None`` once closed).
 
         Chosen requests are marked running (``set_running_or_notify_cancel``):
         cancelled ones are dropped, and ones whose deadline passed are handed
@@ -162,7 +169,7 @@ class RequestQueue:
             finally:
                 for request in expired:
                     expire(request)
-            if batch is None or batch:
+            if batch is None or batch or batch is IDLE:
                 return batch
 
     def _take_locked(
@@ -171,12 +178,15 @@ class RequestQueue:
         limits: Callable[[], BatchLimits],
         expired: list[Request],
         busy: Callable[[], bool] | None,
+        on_hold: Callable[[], None] | None = None,
     ) -> list[Request] | None:
         """:meth:`take` under the lock; ``[]`` when every chosen request had expired."""
         with self._lock:
             while True:
                 items = self._items
-                ahead = busy is not None and not self._closed and busy()
+                ahead = busy is not None
+                if ahead and (self._closed or not busy()):
+                    return None if self._closed else IDLE
                 if not items:
                     if self._closed:
                         return None
@@ -213,6 +223,8 @@ class RequestQueue:
                     self._wake_space_waiters(len(chosen))
                 if busy is not None:  # a prefetcher's: they start when its model runs them
                     self._held.update(dict.fromkeys(chosen))
+                    if on_hold is not None:
+                        on_hold()
                     return chosen
                 batch = _mark_started(chosen, now_s, expired)
                 if batch or expired:
@@ -294,10 +306,10 @@ class RequestQueue:
             self._wake_space_waiters(None)
             return items
 
-    def wake_ahead(self) -> None:
-        """A taker's model became idle: wake takers waiting for a full batch."""
+    def locked(self, action: Callable[[], None]) -> None:
+        """Run ``action()`` under the queue's lock (atomic with every take)."""
         with self._lock:
-            self._ahead.notify_all()
+            action()
 
     def wake(self) -> None:
         """Wake waiting workers so they re-read the limits."""

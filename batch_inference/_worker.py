@@ -87,9 +87,10 @@ class Scatter:
 class Worker:
     """One model replica fed from the shared queue, on its own thread.
 
-    Its :class:`~batch_inference._pipeline.Prefetcher` forms and prepares the
-    next batch while the model runs the current one; ``thread`` (the model
-    thread) only runs prepared batches.
+    Its :class:`~batch_inference._pipeline.Prefetcher` forms and prepares a
+    full next batch while the model runs the current one; when nothing is
+    prepared, ``thread`` (the model thread) takes and prepares the next batch
+    itself.
     """
 
     def __init__(
@@ -117,14 +118,20 @@ class Worker:
         batch: list[Request] = []
         try:
             prefetcher.thread.start()
-            while (prepared := prefetcher.next()) is not None:
-                batch = host._queue.start(prepared.requests, host._expire)
-                if batch:
-                    if len(batch) < len(prepared.requests):  # some were cancelled meanwhile
+            while (item := prefetcher.next()) is not None:
+                if isinstance(item, Prepared):  # taken ahead: start it now
+                    batch = host._queue.start(item.requests, host._expire)
+                    prepared = item
+                    if batch and len(batch) < len(item.requests):  # some were cancelled
                         prepared = self._prepare(batch)
+                else:  # taken by this thread, already started
+                    batch = item
+                    prepared = self._prepare(batch)
+                if batch:
                     self._run(prepared, retry=False)
                 batch = []
                 prefetcher.ran()
+            prefetcher.stop()
         except BaseException as error:  # noqa: BLE001 - a dying worker must fail every caller
             prefetcher.model_died(error)
             host._break(error, batch)
@@ -159,7 +166,7 @@ class Worker:
         if not retry and self._prefetcher.has_next():
             host._scatter.later(requests, outputs, context)  # the next batch is ready to run
         else:
-            if not retry:  # the model is idle: the prefetcher forms the next batch meanwhile
+            if not retry:  # the model is idle: the prefetcher stops looking ahead
                 self._prefetcher.ran()
             host._scatter.now(requests, outputs, context)
 

@@ -25,6 +25,7 @@ class RecordingBatcher(ConcatBatcher):
     def __init__(self) -> None:
         super().__init__(tensor="np")
         self.prepared: list[int] = []
+        self.threads: list[str] = []  # the thread that prepared each batch
         self.changed = threading.Condition()
 
     def batch(self, requests: Sequence[tuple[Any, ...]]) -> tuple[tuple[Any, ...], Any]:
@@ -33,6 +34,7 @@ class RecordingBatcher(ConcatBatcher):
         out = super().batch(requests)
         with self.changed:
             self.prepared.append(len(requests))
+            self.threads.append(threading.current_thread().name)
             self.changed.notify_all()
         return out
 
@@ -92,6 +94,24 @@ def test_an_idle_model_takes_a_partial_batch_at_once(gated: Any, make_host: Any)
     gated.release.set()  # the model finishes: the three go, not waiting for a fourth
     assert [f.result(30)[0, 0] for f in three] == [2.0, 4.0, 6.0]
     assert gated.batch_sizes == [1, 3]
+
+
+def test_batches_ahead_come_from_the_prefetcher_and_idle_ones_from_the_model_thread(
+    gated: Any, make_host: Any
+) -> None:
+    batcher = RecordingBatcher()
+    host = busy_host(make_host, gated, batcher)  # the model thread took the first batch
+    four = [host.submit(row(v)) for v in (1, 2, 3, 4)]  # full: taken ahead
+    assert batcher.wait_prepared(2)
+    gated.release.set()
+    for f in four:
+        f.result(30)
+    alone = host.submit(row(5))  # the model is idle: its own thread takes it, no hand-off
+    assert alone.result(30)[0, 0] == 10.0
+    assert batcher.prepared == [1, 4, 1]
+    assert batcher.threads[0].startswith("batch_inference-worker-")
+    assert batcher.threads[1].startswith("batch_inference-prefetch-")
+    assert batcher.threads[2].startswith("batch_inference-worker-")
 
 
 def test_a_prepared_request_can_still_be_cancelled(gated: Any, make_host: Any) -> None:

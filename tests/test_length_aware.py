@@ -102,15 +102,30 @@ def test_keys_never_mix() -> None:
     assert sorted(selection.indices) == [0, 1, 2, 3]
 
 
-def test_before_the_delay_the_best_packed_batch_goes_first() -> None:
-    # The oldest (length 40) pads badly with anything; eight requests of 12 do not.
-    items = waiting_of([40] + [12] * 8, enqueued_s=[0.0] * 9)
+def test_the_oldest_requests_run_goes_first_before_and_after_the_delay() -> None:
+    # The oldest (length 40) pads badly with the eight 12s: it is cut apart from them, and
+    # its run goes first, although better packed batches wait (the window is swept in
+    # arrival order).
+    items = waiting_of([40] + [12] * 8, enqueued_s=[0.0] + [0.1] * 8)
     limits = BatchLimits(32, max_delay_s=1.0)
-    selection = LengthAwareBatcher([0]).select(items, limits, now_s=0.5)
-    assert sorted(items[i].info.length for i in selection.indices) == [12] * 8
-    # Once the oldest has waited max_delay_s, its batch goes next.
+    for now_s in (0.5, 1.05):  # before the oldest is due, and when only it is
+        selection = LengthAwareBatcher([0]).select(items, limits, now_s=now_s)
+        assert [items[i].info.length for i in selection.indices] == [40]
+    rest = items[1:]
+    selection = LengthAwareBatcher([0]).select(rest, limits, now_s=0.5)
+    assert sorted(selection.indices) == list(range(8))
+    # Once all nine are due at once, they all go together: none waits another batch.
+    selection = LengthAwareBatcher([0]).select(items, limits, now_s=1.2)
+    assert sorted(selection.indices) == list(range(9))
+
+
+def test_requests_due_together_share_one_batch() -> None:
+    # A 40 and a 12 have both waited max_delay_s; the 12s behind them have not. The two due
+    # requests go together, with the 12s of the longest one's run (no request due is left).
+    items = waiting_of([40, 12, 12, 12], enqueued_s=[0.0, 0.0, 0.9, 0.9])
+    limits = BatchLimits(32, max_delay_s=1.0)
     selection = LengthAwareBatcher([0]).select(items, limits, now_s=1.0)
-    assert 0 in selection.indices
+    assert {0, 1} <= set(selection.indices)
 
 
 def test_ahead_of_a_busy_model_only_a_full_batch_is_chosen() -> None:

@@ -14,8 +14,7 @@ machine that builds these docs** (printed below):
   ``[16, 32, 64]``: a batch holds one length bucket only;
 * :class:`~batch_inference.batcher.LengthAwareBatcher`: no buckets to choose;
   the waiting requests are sorted by length and cut where padding would cost
-  more than a separate call; a request that would pad badly waits for
-  companions of its length while the model runs better packed batches.
+  more than a separate call; the run holding the oldest request goes first.
 
 Each runs at several concurrency levels (client threads, each sending one
 query at a time), with ``max_batch_size=32``. For each: queries per second,

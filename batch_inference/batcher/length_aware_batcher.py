@@ -29,17 +29,20 @@ class LengthAwareBatcher(SeqBatcher):
     ``max_batch_size`` requests and ``max_batch_tokens`` padded tokens per
     batch. Then it dispatches one of those batches:
 
-    * with ``max_delay_s=0`` (the host's default): always the batch holding
-      the oldest waiting request, so each batch serves the oldest first;
-    * with ``max_delay_s > 0``, once the oldest request has waited that long:
-      every request that has (oldest first, within the limits), with the
-      companions of its length. So no request waits more than one batch beyond
+    * the batch holding the oldest waiting request, so each batch serves the
+      oldest first and the sorted window is swept in arrival order;
+    * with ``max_delay_s > 0``, once requests have waited that long: every
+      request that has (oldest first, within the limits), with the companions
+      of its length. So no request waits more than one batch beyond
       ``max_delay_s`` for its batch to start, as long as the due requests fit
       in one batch. Choose ``max_delay_s`` of several batch durations: a
-      shorter delay forces badly padded batches;
-    * before that, the best packed batch (most real tokens per unit of cost):
-      a request that would pad badly is passed over and waits, within
-      ``max_delay_s``, for companions of its length, while the model stays busy.
+      shorter delay forces badly padded batches.
+
+    Taking the best packed batch first instead (and passing over the oldest
+    while it is not due) was measured to be worse under load: the runs it
+    passes over pile up and go later as badly padded batches. See
+    :mod:`batch_inference.benchmark.simulate` to compare policies on a
+    workload of your own.
 
     The model is never kept idle while requests wait. When the host prepares a
     batch ahead (the model is still busy; it asks with ``max_delay_s=inf``),
@@ -98,20 +101,18 @@ class LengthAwareBatcher(SeqBatcher):
         oldest_key = head[0].info.key
         ahead = limits.max_delay_s == math.inf
         due = not ahead and now_s - head[0].enqueued_s >= limits.max_delay_s
-
-        if due:  # the oldest request's batch goes now
-            return Selection(self._due_batch(head, groups[oldest_key], limits, now_s))
+        if not ahead:  # the oldest request's batch goes now (with every due request)
+            return Selection(self._due_batch(head, groups[oldest_key], limits, now_s, due))
         candidates: list[list[int]] = []
         for members in groups.values():
             order = sorted(members, key=lambda i: head[i].info.length)
             segments = self._partition(head, order, limits)
             candidates.extend(order[start:end] for start, end in segments)
-        if ahead:  # the model is busy: only a batch that cannot grow, the oldest's first
-            full = [chosen for chosen in candidates if self._full(head, chosen, limits)]
-            if not full:
-                return Selection()
-            return Selection(tuple(next((c for c in full if 0 in c), full[0])))
-        return Selection(tuple(max(candidates, key=lambda chosen: self._score(head, chosen))))
+        # The model is busy: only a batch that cannot grow, the oldest's first.
+        full = [chosen for chosen in candidates if self._full(head, chosen, limits)]
+        if not full:
+            return Selection()
+        return Selection(tuple(next((c for c in full if 0 in c), full[0])))
 
     # ------------------------------------------------------------------ helpers
     def _partition(
@@ -145,16 +146,22 @@ class LengthAwareBatcher(SeqBatcher):
         return segments
 
     def _due_batch(
-        self, head: Sequence[Waiting], members: list[int], limits: BatchLimits, now_s: float
+        self,
+        head: Sequence[Waiting],
+        members: list[int],
+        limits: BatchLimits,
+        now_s: float,
+        oldest_due: bool,
     ) -> tuple[int, ...]:
-        """The next batch once the oldest request is due: every due request that fits.
+        """The next batch: the oldest request's run, or every due request that fits.
 
-        With ``max_delay_s == 0`` it is the oldest request's run of the sorted
-        window (so the oldest waiting request is in every batch). Otherwise,
-        usually, that is still the oldest request's run; when
-        requests of several runs are due at once, they all go together (oldest
-        first, within the limits), joined by the requests of the longest due
-        one's run that are no longer than it, so that none of them waits for
+        Before the oldest request is due (``oldest_due`` false), and always with
+        ``max_delay_s == 0``, it is the oldest request's run of the sorted
+        window (so the oldest waiting request is in every batch). Once due,
+        usually, that is still the oldest request's run; when requests of
+        several runs are due at once, they all go together (oldest first,
+        within the limits), joined by the requests of the longest due one's
+        run that are no longer than it, so that none of them waits for
         another batch.
         """
         order = sorted(members, key=lambda i: head[i].info.length)
@@ -164,7 +171,7 @@ class LengthAwareBatcher(SeqBatcher):
             for i in chosen:
                 run_of[i] = chosen
         delay_s = limits.max_delay_s
-        if delay_s <= 0:  # every request is due at once: the oldest leads, in its own run
+        if not oldest_due or delay_s <= 0:  # the oldest leads, in its own run
             return tuple(run_of[0])
         due = []
         for i in members:  # arrival order: the due requests come first
@@ -208,11 +215,6 @@ class LengthAwareBatcher(SeqBatcher):
         longest = max(info.length for info in infos)
         return (sum(info.rows for info in infos) + 1) * longest > budget
 
-    def _score(self, head: Sequence[Waiting], chosen: list[int]) -> float:
-        """Real tokens per unit of cost (padded tokens plus the call)."""
-        infos = [head[i].info for i in chosen]
-        real = sum(info.rows * info.length for info in infos)
-        return real / (self.call_cost_tokens + self.padded_tokens(infos))
 
 
 #: With runs of more requests than this, the cuts are found with NumPy (quicker there).

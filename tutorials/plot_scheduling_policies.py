@@ -51,7 +51,7 @@ from transformers.utils import logging as transformers_logging
 from batch_inference.batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
 from batch_inference.benchmark import environment, format_environment, run_mode, save_results
 from batch_inference.benchmark.bert import BertEmbedding, load_bert, make_queries, random_lengths
-from batch_inference.benchmark.scheduling import Policy, compare_policies
+from batch_inference.benchmark.scheduling import Policy, compare_policies, run_policy
 from batch_inference.benchmark.simulate import (
     fit_cost_model,
     simulate_closed_loop,
@@ -140,6 +140,28 @@ aware, bucket = by_policy["LengthAwareBatcher"], by_policy["BucketSeqBatcher"]
 print(f"{top} clients: LengthAwareBatcher {aware.qps:.1f} queries/s "
       f"({aware.pct_of_ceiling:.0f}% of the ceiling), "
       f"{aware.qps / bucket.qps:.2f}x BucketSeqBatcher ({bucket.pct_of_ceiling:.0f}%)")
+
+# %%
+# Bounded waits
+# -------------
+# With ``max_delay_s=0`` every batch serves the oldest waiting request, but a
+# request that arrives behind many others still waits for several batches.
+# ``max_delay_s`` bounds that: once requests have waited that long, they all go
+# in the next batch. So no request should wait more than ``max_delay_s`` plus
+# one batch (the one running when it became due) for its batch to start. The
+# length-aware policy with a delay of about three batches, at the highest
+# concurrency, in a run of its own:
+
+DELAY_S = round(3 * aware.max_model_ms / 1e3, 2)
+bounded = run_policy(model, Policy(
+    "LengthAwareBatcher, bounded",
+    LengthAwareBatcher([0, 0], tensor="pt", call_cost_tokens=SIZES["call_cost_tokens"]),
+    MAX_BATCH_SIZE, max_delay_s=DELAY_S), queries, top)
+bound_ms = DELAY_S * 1e3 + bounded.max_model_ms
+verdict = "within" if bounded.max_queue_wait_ms <= bound_ms else "OVER"
+print(f"max_delay_s={DELAY_S}: {bounded.qps:.1f} queries/s; the longest a request waited for "
+      f"its batch to start: {bounded.max_queue_wait_ms:.0f} ms, {verdict} the bound "
+      f"(max_delay_s + the longest batch = {bound_ms:.0f} ms)")
 
 # %%
 # Latency versus throughput
@@ -278,6 +300,7 @@ save_results("scheduling_policies", {
     "ceiling_qps": ceiling,
     "ceilings_qps": ceilings,
     "results": [r.record() for r in results],
+    "bounded": {"max_delay_s": DELAY_S, **bounded.record()},
     "cost_model": cost.record(),
     "simulated_ceiling_qps": simulated_ceiling.qps,
     "simulated": [

@@ -165,7 +165,7 @@ class RequestQueue:
         while True:
             expired: list[Request] = []
             try:
-                batch = self._take_locked(batcher, limits, expired, busy)
+                batch = self._take_locked(batcher, limits, expired, busy, on_hold)
             finally:
                 for request in expired:
                     expire(request)

@@ -114,6 +114,40 @@ def test_batches_ahead_come_from_the_prefetcher_and_idle_ones_from_the_model_thr
     assert batcher.threads[2].startswith("batch_inference-worker-")
 
 
+class SlowPrepareBatcher(RecordingBatcher):
+    """Its second batch's preparation waits until ``may_prepare`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.preparing = threading.Event()
+        self.may_prepare = threading.Event()
+
+    def batch(self, requests: Sequence[tuple[Any, ...]]) -> tuple[tuple[Any, ...], Any]:
+        if len(self.prepared) == 1:  # the batch taken ahead while the model is busy
+            self.preparing.set()
+            assert self.may_prepare.wait(30)
+        return super().batch(requests)
+
+
+def test_a_model_that_finishes_while_the_next_batch_is_prepared_waits_for_it(
+    gated: Any, make_host: Any, wait_until: Any
+) -> None:
+    # The prefetcher holds four requests and is still preparing them when the model
+    # finishes: the model thread must wait for that batch, not wait for new requests
+    # (which would strand the prepared batch until another request came).
+    batcher = SlowPrepareBatcher()
+    host = busy_host(make_host, gated, batcher)
+    four = [host.submit(row(v)) for v in (1, 2, 3, 4)]
+    assert batcher.preparing.wait(30)
+    gated.release.set()
+    assert host.first.result(30)[0, 0] == 0.0
+    prefetcher = host._workers[0]._prefetcher
+    wait_until(lambda: not prefetcher._running)  # the model is done with its batch
+    batcher.may_prepare.set()
+    assert [f.result(10)[0, 0] for f in four] == [2.0, 4.0, 6.0, 8.0]
+    assert gated.batch_sizes == [1, 4]
+
+
 def test_a_prepared_request_can_still_be_cancelled(gated: Any, make_host: Any) -> None:
     batcher = RecordingBatcher()
     host = busy_host(make_host, gated, batcher)

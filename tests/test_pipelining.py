@@ -225,3 +225,35 @@ def test_many_threads_get_their_own_answers(make_host: Any, wait_until: Any) -> 
         t.join(60)
     assert results == {i: i + 0.5 for i in range(16 * 200)}
     wait_until(lambda: host.stats().completed == 16 * 200)
+
+
+class SlowBatcher(ConcatBatcher):
+    """A ConcatBatcher whose ``batch()`` does some extra work, so that a quick model often
+    finishes while the next batch is still being prepared."""
+
+    def __init__(self) -> None:
+        super().__init__(tensor="np")
+        self._noise = np.random.default_rng(3).standard_normal(20_000)
+
+    def batch(self, requests: Sequence[tuple[Any, ...]]) -> tuple[tuple[Any, ...], Any]:
+        np.sort(self._noise)
+        return super().batch(requests)
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 4, 32])
+def test_bursts_separated_by_idle_moments_are_all_answered(make_host: Any,
+                                                           max_batch_size: int) -> None:
+    """Every burst ends with the queue empty and the model idle: the hand-over between the
+    prefetcher (full batches, taken ahead) and the model thread (the rest) must strand
+    nothing at that moment."""
+    rng = np.random.default_rng(7)
+
+    class Doubler:
+        def predict_batch(self, x: np.ndarray) -> np.ndarray:
+            return x * 2
+
+    host = make_host(model_obj=Doubler(), batcher=SlowBatcher(), max_batch_size=max_batch_size)
+    for burst in range(300):
+        count = int(rng.integers(1, 3 * max_batch_size + 2))
+        futures = [host.submit(row(burst + k)) for k in range(count)]
+        assert [f.result(10)[0, 0] for f in futures] == [2.0 * (burst + k) for k in range(count)]

@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ).stdout))
         print(f"  {overhead.threads} threads : {overhead.thread_requests_per_s:10,.0f} requests/s "
               "(target >= 40,000)")
+        floor = overhead.thread_floor_requests_per_s
+        print(f"    hand-off floor, no host: {floor:10,.0f} requests/s "
+              f"(the host: {overhead.thread_requests_per_s / floor:.0%} of it)")
         print(f"  {overhead.tasks} asyncio tasks: {overhead.async_requests_per_s:10,.0f} "
               "requests/s (target >= 150,000)")
         print(f"  lone caller adds: {overhead.lone_caller_added_ms:.3f} ms at the median "

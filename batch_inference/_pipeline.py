@@ -76,7 +76,6 @@ class Prefetcher:
         self._running = False
         self._holding = False  # took a batch ahead that is not in the slot yet
         self._stopped = False
-        self._ended = False
         self._model_died: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -162,8 +161,7 @@ class Prefetcher:
             self._on_fatal(error, [])  # breaks the host, which drains what the queue holds
         finally:
             with self._cv:
-                self._ended = True
-                self._holding = False
+                self._holding = False  # nothing more comes: a waiting model thread takes itself
                 self._cv.notify_all()
 
     def _done(self) -> bool:

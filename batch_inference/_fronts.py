@@ -15,7 +15,7 @@ from typing import Any
 
 from ._checks import checked_timeout, loop_deadline, remaining, timeout_message
 from ._queue import _FOREVER, RequestQueue
-from ._request import Request
+from ._request import Request, RequestKind
 from .batcher.base import Batcher
 from .errors import (
     HostBrokenError,
@@ -47,7 +47,7 @@ class RequestFronts:
         args: tuple[Any, ...],
         timeout: float | None,
         loop: asyncio.AbstractEventLoop | None,
-        kind: str = "future",
+        kind: RequestKind = "future",
     ) -> Request:
         """A checked request; ``kind`` chooses its future (see :class:`Request`)."""
         if self._broken is not None:

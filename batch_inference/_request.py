@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import Future, InvalidStateError
-from typing import Any
+from typing import Any, Literal
 
 from .batcher.base import RequestInfo
+
+#: Who waits for a request (see :class:`Request`).
+RequestKind = Literal["future", "thread", "loop"]
 
 
 class Request:
@@ -31,7 +34,7 @@ class Request:
         info: RequestInfo,
         enqueued_s: float,
         deadline_s: float | None,
-        kind: str = "future",
+        kind: RequestKind = "future",
     ) -> None:
         self.args = args
         self.info = info

@@ -240,20 +240,43 @@ class SlowBatcher(ConcatBatcher):
         return super().batch(requests)
 
 
+class Doubler:
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        return x * 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("max_batch_size", [1, 4, 32])
 def test_bursts_separated_by_idle_moments_are_all_answered(make_host: Any,
-                                                           max_batch_size: int) -> None:
+                                                           max_batch_size: int,
+                                                           workers: int) -> None:
     """Every burst ends with the queue empty and the model idle: the hand-over between the
     prefetcher (full batches, taken ahead) and the model thread (the rest) must strand
-    nothing at that moment."""
+    nothing at that moment, with one worker or two taking from the same queue."""
     rng = np.random.default_rng(7)
-
-    class Doubler:
-        def predict_batch(self, x: np.ndarray) -> np.ndarray:
-            return x * 2
-
-    host = make_host(model_obj=Doubler(), batcher=SlowBatcher(), max_batch_size=max_batch_size)
+    host = make_host(model_obj=Doubler(), batcher=SlowBatcher(), max_batch_size=max_batch_size,
+                     num_workers=workers)
     for burst in range(300):
         count = int(rng.integers(1, 3 * max_batch_size + 2))
         futures = [host.submit(row(burst + k)) for k in range(count)]
         assert [f.result(10)[0, 0] for f in futures] == [2.0 * (burst + k) for k in range(count)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_asyncio_bursts_separated_by_idle_moments_are_all_answered(make_host: Any,
+                                                                   workers: int) -> None:
+    import asyncio
+
+    host = make_host(model_obj=Doubler(), batcher=SlowBatcher(), max_batch_size=8,
+                     num_workers=workers)
+
+    async def bursts() -> None:
+        rng = np.random.default_rng(11)
+        for burst in range(200):
+            count = int(rng.integers(1, 30))
+            async with asyncio.timeout(10):
+                got = await asyncio.gather(*(host.predict_async(row(burst + k))
+                                             for k in range(count)))
+            assert [g[0, 0] for g in got] == [2.0 * (burst + k) for k in range(count)]
+
+    asyncio.run(bursts())

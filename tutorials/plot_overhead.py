@@ -90,6 +90,12 @@ pd.DataFrame([
 # %%
 # Requests per second by number of callers
 # ----------------------------------------
+# How to read the gap between the host and the floor: the floor does no work
+# per batch, the host does (it selects the batch, concatenates the rows, calls
+# the model, splits the outputs and records its stats). With few threads the
+# batches are small and that work is shared by few requests; with many threads
+# it is spread thin, and what is left is the per-request cost under Python's
+# global interpreter lock.
 
 fig, (ax_t, ax_a) = plt.subplots(1, 2, figsize=(10, 3.6))
 ax_t.bar([i - 0.2 for i in range(len(THREADS))], list(thread_rps.values()), 0.4,

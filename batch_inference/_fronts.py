@@ -51,7 +51,7 @@ class RequestFronts:
     ) -> Request:
         """A checked request; ``kind`` chooses its future (see :class:`Request`)."""
         if self._broken is not None:
-            raise HostBrokenError("the host is broken: a worker died") from self._broken
+            self._raise_if_broken()
         low, high = self._arg_range
         if not low <= len(args) <= high:
             if high == float("inf"):

@@ -104,8 +104,14 @@ class Prefetcher:
         return batch
 
     def ran(self) -> None:
-        """The model finished its batch: the prefetcher stops taking ahead."""
-        self._queue.locked(self._idle)
+        """The model finished its batch: the prefetcher stops taking ahead.
+
+        Called by the model thread, the only one that sets ``_running``, so a
+        second call after the first (the worker calls it once per batch, and
+        ``Worker._run`` early when it scatters inline) takes no lock.
+        """
+        if self._running:
+            self._queue.locked(self._idle)
 
     def _idle(self) -> None:  # under the queue's lock
         self._running = False

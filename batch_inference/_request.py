@@ -150,11 +150,11 @@ class ThreadRequestState(LoopRequestState):
 
     def result(self, timeout: float | None = None) -> Any:
         """The outcome; ``TimeoutError`` if it is not done within ``timeout`` seconds."""
-        if self._state < _CANCELLED:
-            if not self._ready.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-                raise TimeoutError()
-            self._ready.release()  # later calls (and done()) see it settled
-        return super().result()
+        if self._state < _CANCELLED and not self._ready.acquire(
+            timeout=-1 if timeout is None else max(timeout, 0.0)
+        ):
+            raise TimeoutError()
+        return super().result()  # a later call sees the settled state: it never waits
 
 
 #: ``(request, value, is_error)``: how one request ended.

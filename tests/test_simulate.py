@@ -146,3 +146,25 @@ def test_offline_ceiling_sorts_and_chunks() -> None:
     assert run.padding_efficiency == pytest.approx((1 + 2 + 3 + 5) / (2 * 2 + 2 * 5))
     with pytest.raises(ConfigurationError, match="batch_size must be >= 1, got 0"):
         simulate_offline([1], 0, cost)
+
+
+def test_random_batch_stacks_queries_of_one_length() -> None:
+    from batch_inference.benchmark.bert import make_queries, random_batch
+
+    ids, mask = random_batch(3, 7, vocab_size=2000)
+    assert ids.shape == mask.shape == (3, 7) and bool(mask.all())
+    assert torch.equal(ids, torch.cat([q[0] for q in make_queries([7] * 3, 2000)]))
+
+
+def test_simulate_policies_runs_every_policy_at_every_concurrency() -> None:
+    from batch_inference.benchmark.scheduling import Policy, simulate_policies
+
+    cost = CostModel(call_s=0.004, token_s=6.6e-5)
+    policies = [Policy("seq", SeqBatcher([0, 0])),
+                Policy("aware", LengthAwareBatcher([0, 0]), max_delay_s=1.0)]
+    ceiling, runs = simulate_policies(policies, LENGTHS, [4, 64], cost, two_args)
+    assert ceiling.qps == simulate_offline(LENGTHS, 32, cost).qps
+    assert set(runs) == {("seq", 4), ("aware", 4), ("seq", 64), ("aware", 64)}
+    expected = simulate_closed_loop(LengthAwareBatcher([0, 0]), LENGTHS, 64, cost, two_args,
+                                    32, 1.0)
+    assert runs["aware", 64].qps == expected.qps

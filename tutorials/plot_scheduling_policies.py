@@ -50,13 +50,20 @@ from transformers.utils import logging as transformers_logging
 
 from batch_inference.batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
 from batch_inference.benchmark import environment, format_environment, run_mode, save_results
-from batch_inference.benchmark.bert import BertEmbedding, load_bert, make_queries, random_lengths
-from batch_inference.benchmark.scheduling import Policy, compare_policies, run_policy
-from batch_inference.benchmark.simulate import (
-    fit_cost_model,
-    simulate_closed_loop,
-    simulate_offline,
+from batch_inference.benchmark.bert import (
+    BertEmbedding,
+    load_bert,
+    make_queries,
+    random_batch,
+    random_lengths,
 )
+from batch_inference.benchmark.scheduling import (
+    Policy,
+    compare_policies,
+    run_policy,
+    simulate_policies,
+)
+from batch_inference.benchmark.simulate import fit_cost_model
 
 transformers_logging.disable_progress_bar()
 MODE = run_mode()
@@ -222,30 +229,18 @@ fig.tight_layout()
 # figure near 100% means the host loses nothing measurable.
 
 
-def make_batch(rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.randint(1000, 2000, (rows, length), device=DEVICE)
-    return ids, torch.ones_like(ids)
-
-
-def request_args(length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    row = torch.zeros(1, length, dtype=torch.long)
-    return row, row
-
-
-cost = fit_cost_model(model.predict_batch, make_batch, rows=(1, 8, 32),
+cost = fit_cost_model(model.predict_batch,
+                      lambda rows, length: random_batch(rows, length, loaded.vocab_size, DEVICE),
+                      rows=(1, 8, 32),
                       lengths=(8, SIZES["longest"] // 2, SIZES["longest"]),
                       synchronize=synchronize)
 print(f"fitted: {cost.call_s * 1e3:.2f} ms per call + {cost.token_s * 1e6:.2f} us per padded "
       f"token + {cost.attention_s * 1e9:.2f} ns per token x length; a call costs as much as "
       f"{cost.call_cost_tokens:.0f} tokens")
-simulated_ceiling = simulate_offline(lengths, MAX_BATCH_SIZE, cost)
+simulated_ceiling, simulated = simulate_policies(
+    policies, lengths, SIZES["clients"], cost,
+    lambda length: random_batch(1, length, loaded.vocab_size), MAX_BATCH_SIZE)
 print(f"ceiling: simulated {simulated_ceiling.qps:.1f} queries/s, measured {ceiling:.1f}")
-simulated = {
-    (r.policy, r.clients): simulate_closed_loop(
-        next(p.batcher for p in policies if p.name == r.policy), lengths, r.clients, cost,
-        request_args, MAX_BATCH_SIZE)
-    for r in results
-}
 simulated_pct = {key: 100 * run.qps / simulated_ceiling.qps for key, run in simulated.items()}
 limits = pd.DataFrame([
     {

@@ -101,3 +101,19 @@ def make_queries(
             ids[0, 0], ids[0, -1] = 101, 102
         queries.append((ids, torch.ones_like(ids)))
     return queries
+
+
+def random_batch(
+    rows: int, length: int, vocab_size: int, device: str = "cpu", seed: int = 0
+) -> tuple[Any, Any]:
+    """A ``(rows, length)`` batch of :func:`make_queries` queries, stacked, on ``device``.
+
+    For timing a model on a given shape (e.g.
+    :func:`~batch_inference.benchmark.simulate.fit_cost_model`), or, with one
+    row, as the arguments a batcher inspects for a query of that length.
+    """
+    import torch
+
+    ids = torch.cat([ids for ids, _ in make_queries([length] * rows, vocab_size, seed)])
+    ids = ids.to(device)
+    return ids, torch.ones_like(ids)

@@ -55,10 +55,15 @@ def _host(max_batch_size: int) -> ModelHost:
 def thread_requests_per_s(threads: int = 64, requests: int = 50_000,
                           max_batch_size: int = 64) -> float:
     """Requests per second through ``host.predict`` from ``threads`` threads."""
-    queries = _queries(requests)
     with _host(max_batch_size) as host:
-        closed_loop(host.predict, queries[: min(requests, 2_000)], threads)  # warm up
-        return closed_loop(host.predict, queries, threads).qps
+        return _threads_qps(host.predict, threads, requests)
+
+
+def _threads_qps(call: Any, threads: int, requests: int) -> float:
+    """Requests per second of ``call`` from ``threads`` closed-loop threads, after a warm-up."""
+    queries = _queries(requests)
+    closed_loop(call, queries[: min(requests, 2_000)], threads)  # warm up
+    return closed_loop(call, queries, threads).qps
 
 
 def handoff_floor_requests_per_s(threads: int = 64, requests: int = 50_000) -> float:
@@ -96,9 +101,7 @@ def handoff_floor_requests_per_s(threads: int = 64, requests: int = 50_000) -> f
     server = threading.Thread(target=serve, name="handoff-floor-server", daemon=True)
     server.start()
     try:
-        queries = _queries(requests)
-        closed_loop(call, queries[: min(requests, 2_000)], threads)  # warm up
-        return closed_loop(call, queries, threads).qps
+        return _threads_qps(call, threads, requests)
     finally:
         with ready:
             stopping = True

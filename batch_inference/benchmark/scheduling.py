@@ -20,6 +20,7 @@ from ..errors import ConfigurationError
 from ..host import ModelHost
 from .compare import stats_between
 from .load import closed_loop, offline_batches
+from .simulate import CostModel, SimulatedRun, simulate_closed_loop, simulate_offline
 
 __all__ = [
     "Policy",
@@ -28,6 +29,7 @@ __all__ = [
     "length_sorted_batches",
     "offline_ceiling_qps",
     "run_policy",
+    "simulate_policies",
 ]
 
 
@@ -214,3 +216,29 @@ def compare_policies(
         fields.update(ceiling_qps=ceiling, pct_of_ceiling=pct)
         results.append(PolicyResult(**fields))
     return results, ceilings
+
+
+def simulate_policies(
+    policies: Sequence[Policy],
+    lengths: Sequence[int],
+    clients: Sequence[int],
+    cost: CostModel,
+    request_args: Callable[[int], tuple[Any, ...]],
+    ceiling_batch_size: int = 32,
+) -> tuple[SimulatedRun, dict[tuple[str, int], SimulatedRun]]:
+    """Each policy at each concurrency served in simulated time, with no host.
+
+    Returns the simulated offline ceiling (``lengths`` sorted, in batches of
+    ``ceiling_batch_size``) and one run per ``(policy name, clients)``; see
+    :func:`~batch_inference.benchmark.simulate.simulate_closed_loop`.
+    """
+    ceiling = simulate_offline(lengths, ceiling_batch_size, cost)
+    runs = {
+        (policy.name, count): simulate_closed_loop(
+            policy.batcher, lengths, count, cost, request_args, policy.max_batch_size,
+            policy.max_delay_s,
+        )
+        for count in clients
+        for policy in policies
+    }
+    return ceiling, runs

@@ -39,34 +39,24 @@ def scheduling_policies(
     ]
 
 
-def simulated_limits(model: Any, results: list, queries: list, clients: int) -> dict[str, Any]:
-    """Each measured policy served in simulated time (see :mod:`.simulate`), no host."""
-    import torch
-
-    from .simulate import fit_cost_model, simulate_closed_loop, simulate_offline
-
-    def make_batch(rows: int, length: int) -> tuple[Any, Any]:
-        ids = torch.randint(1000, 2000, (rows, length))
-        return ids, torch.ones_like(ids)
-
-    def request_args(length: int) -> tuple[Any, Any]:
-        row = torch.zeros(1, length, dtype=torch.long)
-        return row, row
+def simulated_limits(
+    model: Any, policies: list, queries: list, clients: int, vocab_size: int
+) -> dict[str, Any]:
+    """Each policy served in simulated time (see :mod:`.simulate`), with no host."""
+    from .bert import random_batch
+    from .scheduling import simulate_policies
+    from .simulate import fit_cost_model
 
     lengths = [int(q[0].shape[-1]) for q in queries]
-    cost = fit_cost_model(model.predict_batch, make_batch, lengths=(8, 32, max(lengths)))
-    ceiling = simulate_offline(lengths, 32, cost).qps
-    batchers = {p.name: p for p in scheduling_policies()}
-    qps = {
-        r.policy: simulate_closed_loop(batchers[r.policy].batcher, lengths, clients, cost,
-                                       request_args, batchers[r.policy].max_batch_size,
-                                       batchers[r.policy].max_delay_s).qps
-        for r in results
-    }
+    cost = fit_cost_model(model.predict_batch, lambda r, n: random_batch(r, n, vocab_size),
+                          lengths=(8, 32, max(lengths)))
+    ceiling, runs = simulate_policies(policies, lengths, [clients], cost,
+                                      lambda n: random_batch(1, n, vocab_size))
+    qps = {name: run.qps for (name, _), run in runs.items()}
     return {
         "cost_model": {k: float(f"{v:.4g}") for k, v in cost.record().items()},
-        "ceiling_qps": ceiling,
-        "pct_of_ceiling": {name: 100 * value / ceiling for name, value in qps.items()},
+        "ceiling_qps": ceiling.qps,
+        "pct_of_ceiling": {name: 100 * value / ceiling.qps for name, value in qps.items()},
         "aware_over_bucket": qps["LengthAwareBatcher"] / qps["BucketSeqBatcher([16, 32, 64])"],
     }
 
@@ -96,8 +86,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(format_environment(environment("quick", weights=loaded.weights)))
     print(f"\nworkload: {args.queries} queries, lengths 1..64, {args.clients} client threads, "
           f"{args.repeats} repeats (medians)", flush=True)
+    policies = scheduling_policies()
     results, ceilings = compare_policies(
-        model, scheduling_policies(), queries, [args.clients], repeats=args.repeats,
+        model, policies, queries, [args.clients], repeats=args.repeats,
         progress=lambda what: print(f"  measuring {what}", file=sys.stderr, flush=True),
     )
     ceiling = results[0].ceiling_qps
@@ -116,15 +107,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = aware.qps / bucket.qps  # medians of the same run (alternating)
     print(f"\nLengthAwareBatcher: {aware.pct_of_ceiling:.1f}% of the ceiling (target >= 85%), "
           f"{ratio:.2f}x BucketSeqBatcher (target >= 1.3x)")
-    simulated = simulated_limits(model, results, queries, args.clients)
+    simulated = simulated_limits(model, policies, queries, args.clients, loaded.vocab_size)
     print(f"\nsimulated, no host (cost model fitted now: {simulated['cost_model']}):")
     for name, pct in simulated["pct_of_ceiling"].items():
         print(f"  {name:44s} {pct:5.1f}% of the simulated ceiling")
     print(f"  LengthAwareBatcher / BucketSeqBatcher: {simulated['aware_over_bucket']:.2f}x "
           "(the most any host could show with these two batchers here)")
     print("longest queue wait (start of a request's batch) vs max_delay_s + longest batch:")
+    delays_s = {p.name: p.max_delay_s for p in policies}
     for r in results:
-        delay_ms = 1e3 * next(p.max_delay_s for p in scheduling_policies() if p.name == r.policy)
+        delay_ms = 1e3 * delays_s[r.policy]
         print(f"  {r.policy:44s} waited {r.max_queue_wait_ms:7.1f} ms; "
               f"max_delay_s + longest batch = {delay_ms + r.max_model_ms:7.1f} ms")
     report: dict[str, Any] = {

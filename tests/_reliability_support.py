@@ -147,15 +147,7 @@ class ThreadFront:
         future = host.submit(*args, **kwargs)
         call.cancel_hook = future.cancel
 
-        def copy(done: Future) -> None:
-            if done.cancelled():
-                call.outcome.set_exception(asyncio.CancelledError())
-            elif done.exception() is not None:
-                call.outcome.set_exception(done.exception())
-            else:
-                call.outcome.set_result(done.result())
-
-        future.add_done_callback(copy)
+        future.add_done_callback(lambda done: _copy_outcome(done, call))
         return call
 
     def close(self) -> None:
@@ -180,15 +172,8 @@ class AsyncFront:
 
         task = asyncio.run_coroutine_threadsafe(spawn(), self.loop).result(10)
 
-        def copy(done: asyncio.Task) -> None:
-            if done.cancelled():
-                call.outcome.set_exception(asyncio.CancelledError())
-            elif done.exception() is not None:
-                call.outcome.set_exception(done.exception())
-            else:
-                call.outcome.set_result(done.result())
-
-        self.loop.call_soon_threadsafe(task.add_done_callback, copy)
+        self.loop.call_soon_threadsafe(task.add_done_callback,
+                                       lambda done: _copy_outcome(done, call))
 
         def cancel() -> None:
             self.loop.call_soon_threadsafe(task.cancel)
@@ -202,3 +187,13 @@ class AsyncFront:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+def _copy_outcome(done: Future | asyncio.Task, call: Call) -> None:
+    """Hand a finished future's or task's outcome (or its cancellation) to ``call``."""
+    if done.cancelled():
+        call.outcome.set_exception(asyncio.CancelledError())
+    elif done.exception() is not None:
+        call.outcome.set_exception(done.exception())
+    else:
+        call.outcome.set_result(done.result())

@@ -387,6 +387,16 @@ class Raises:
         raise self.error
 
 
+def three_behind_a_gated_first(host: ModelHost, gated: Any) -> list:
+    """Submit rows 1..3 while the gated model runs row 0 alone; the three form one batch."""
+    first = host.submit(rows_of(0))
+    assert gated.entered.wait(10)
+    batch = [host.submit(rows_of(i)) for i in range(1, 4)]
+    gated.release.set()
+    assert torch.equal(first.result(10), rows_of(0) * 2)
+    return batch
+
+
 @pytest.mark.timeout(30)
 def test_model_exception_reaches_every_caller_of_the_batch_as_the_same_object(gated) -> None:
     failing = Raises()
@@ -398,11 +408,7 @@ def test_model_exception_reaches_every_caller_of_the_batch_as_the_same_object(ga
             return failing.predict_batch(x)
 
     with ModelHost(model_obj=GateThenRaise(), isolate_failures=False) as host:
-        first = host.submit(rows_of(0))
-        assert gated.entered.wait(10)
-        batch = [host.submit(rows_of(i)) for i in range(1, 4)]
-        gated.release.set()
-        assert torch.equal(first.result(10), rows_of(0) * 2)
+        batch = three_behind_a_gated_first(host, gated)
         for future in batch:
             assert future.exception(10) is failing.error
         assert failing.sizes == [3]
@@ -437,11 +443,7 @@ def test_wrong_row_count_is_an_output_mismatch_naming_both_numbers(gated) -> Non
             return x[:1]
 
     with ModelHost(model_obj=GateThenWrong()) as host:
-        first = host.submit(rows_of(0))
-        assert gated.entered.wait(10)
-        batch = [host.submit(rows_of(i)) for i in range(1, 4)]
-        gated.release.set()
-        assert torch.equal(first.result(10), rows_of(0) * 2)
+        batch = three_behind_a_gated_first(host, gated)
         for future in batch:
             error = future.exception(10)
             assert isinstance(error, OutputMismatchError)

@@ -98,11 +98,11 @@ class LengthAwareBatcher(SeqBatcher):
         groups: dict[Hashable, list[int]] = {}
         for index, item in enumerate(head):
             groups.setdefault(item.info.key, []).append(index)
-        oldest_key = head[0].info.key
-        ahead = limits.max_delay_s == math.inf
-        due = not ahead and now_s - head[0].enqueued_s >= limits.max_delay_s
-        if not ahead:  # the oldest request's batch goes now (with every due request)
-            return Selection(self._due_batch(head, groups[oldest_key], limits, now_s, due))
+        if limits.max_delay_s != math.inf:  # the model is free: the oldest's batch goes now
+            oldest_due = now_s - head[0].enqueued_s >= limits.max_delay_s
+            return Selection(
+                self._next_batch(head, groups[head[0].info.key], limits, now_s, oldest_due)
+            )
         candidates: list[list[int]] = []
         for members in groups.values():
             order = sorted(members, key=lambda i: head[i].info.length)
@@ -145,7 +145,7 @@ class LengthAwareBatcher(SeqBatcher):
         segments.reverse()
         return segments
 
-    def _due_batch(
+    def _next_batch(
         self,
         head: Sequence[Waiting],
         members: list[int],

@@ -156,7 +156,7 @@ class Worker:
         try:
             if prepared.error is not None:
                 raise prepared.error
-            outputs = self._predict(*prepared.args)
+            outputs = self._host.batcher.run(self._predict, prepared.args)
         except Exception as error:
             self._record(requests, started_s, retry)
             self._recover(requests, error)

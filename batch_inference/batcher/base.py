@@ -9,6 +9,7 @@ four things:
 * :meth:`Batcher.select` which of the waiting requests form the next batch
   (a :class:`Selection`), given their descriptions, the limits and the time;
 * :meth:`Batcher.batch` the chosen requests -> ``(batched_args, context)``;
+* :meth:`Batcher.run` the model on those batched arguments (one call by default);
 * :meth:`Batcher.unbatch` the model's outputs and that context -> one result
   per request, in order.
 """
@@ -16,7 +17,7 @@ four things:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +176,16 @@ class Batcher(ABC):
             ``predict_batch(*batched_args)`` is called; ``context`` is handed to
             :meth:`unbatch` with the outputs.
         """
+
+    def run(self, predict_batch: Callable[..., Any], batched: Any) -> Any:
+        """Call the model on what :meth:`batch` returned; the result goes to :meth:`unbatch`.
+
+        The default makes one call, ``predict_batch(*batched)``. A batcher whose
+        :meth:`batch` returns several batched requests (batch-inference 1.0's
+        ``MultiBatcher``) calls the model once for each and returns the list of
+        outputs.
+        """
+        return predict_batch(*batched)
 
     @abstractmethod
     def unbatch(self, outputs: Any, context: Any) -> list[Any]:

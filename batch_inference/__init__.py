@@ -9,6 +9,7 @@ from .decorator import batching
 from .errors import (
     BatchInferenceError,
     ConfigurationError,
+    HostAlreadyRunningError,
     HostBrokenError,
     HostNotRunningError,
     HostStoppedError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchInferenceError",
     "ConfigurationError",
+    "HostAlreadyRunningError",
     "HostBrokenError",
     "HostNotRunningError",
     "HostStats",

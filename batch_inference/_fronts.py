@@ -3,8 +3,10 @@
 All three make a checked :class:`~batch_inference._request.Request` and put
 it on the host's one queue; they differ only in how the caller waits for the
 outcome (blocking on a lock, awaiting an asyncio future, or holding a
-``concurrent.futures.Future``). The queue, the workers and the lifecycle are
-the host's (``host.py``); this mixin only reads them.
+``concurrent.futures.Future``). It reads the host's settings and its current
+:class:`~batch_inference._scheduler.Scheduler` (one read per call); a request
+that gives up later is removed from the queue it was put in, never from a
+later start's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from ._checks import checked_timeout, loop_deadline, remaining, timeout_message
 from ._queue import _FOREVER, RequestQueue
 from ._request import Request, RequestKind
+from ._scheduler import Scheduler
 from .batcher.base import Batcher
 from .errors import (
     HostBrokenError,
@@ -37,10 +40,8 @@ class RequestFronts:
     default_timeout_s: float | None
     max_queue_size: int | None
     _arg_range: tuple[int, float]
-    _broken: BaseException | None
-    _queue: RequestQueue
+    _scheduler: Scheduler | None
     _stats: StatsRecorder
-    _workers: list[Any]
 
     def _make_request(
         self,
@@ -50,8 +51,6 @@ class RequestFronts:
         kind: RequestKind = "future",
     ) -> Request:
         """A checked request; ``kind`` chooses its future (see :class:`Request`)."""
-        if self._broken is not None:
-            self._raise_if_broken()
         low, high = self._arg_range
         if not low <= len(args) <= high:
             if high == float("inf"):
@@ -86,42 +85,47 @@ class RequestFronts:
         ``future.result(timeout)`` and ``cancel()`` (or use :meth:`predict`).
         """
         request = self._make_request(args, timeout, None)
-        self._put(request, wait_for_queue)
-        request.future.add_done_callback(lambda future: self._on_cancel(future, request))
+        queue = self._put(request, wait_for_queue)
+        request.future.add_done_callback(lambda future: self._on_cancel(future, queue, request))
         return request.future
 
-    def _on_cancel(self, future: Any, request: Request) -> None:
+    def _on_cancel(self, future: Any, queue: RequestQueue, request: Request) -> None:
         if future.cancelled():
-            self._queue.discard(request)
+            queue.discard(request)
             self._stats.count("cancelled")
 
-    def _put(self, request: Request, wait_for_queue: bool) -> None:
-        if not self._workers:
-            raise HostNotRunningError(
-                "the host is not running: call start() (or use `with host:`) before predict"
-            )
+    def _put(self, request: Request, wait_for_queue: bool) -> RequestQueue:
+        """Queue ``request`` on the current start's queue, and return that queue."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise _never_started()
         until_s = request.deadline_s if wait_for_queue else None
         if wait_for_queue and until_s is None:
             until_s = _FOREVER
+        queue = scheduler.queue
         try:
-            self._queue.put(request, until_s)
+            queue.put(request, until_s)
         except HostNotRunningError:
-            self._raise_if_broken()
+            _raise_if_broken(scheduler)
             raise
+        return queue
 
-    async def _put_async(self, request: Request, loop: asyncio.AbstractEventLoop) -> None:
+    async def _put_async(
+        self, request: Request, loop: asyncio.AbstractEventLoop
+    ) -> RequestQueue:
         """``_put(request, wait_for_queue=True)`` for asyncio callers: waits without a thread."""
-        if not self._workers:
-            self._put(request, False)  # raises HostNotRunningError
-        queue = self._queue
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise _never_started()
+        queue = scheduler.queue
         while True:
             try:
                 room = queue.put_or_wait(request, loop)
             except HostNotRunningError:
-                self._raise_if_broken()
+                _raise_if_broken(scheduler)
                 raise
             if room is None:
-                return
+                return queue
             try:
                 async with asyncio.timeout_at(loop_deadline(loop, request.deadline_s)):
                     await room
@@ -133,10 +137,6 @@ class RequestFronts:
                         "when this request's timeout ran out"
                     ) from None
                 raise
-
-    def _raise_if_broken(self) -> None:
-        if self._broken is not None:
-            raise HostBrokenError("the host is broken: a worker died") from self._broken
 
     def predict(
         self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
@@ -156,17 +156,17 @@ class RequestFronts:
             raising :class:`~batch_inference.errors.QueueFullError` at once.
         """
         request = self._make_request(args, timeout, None, "thread")
-        self._put(request, wait_for_queue)
+        queue = self._put(request, wait_for_queue)
         future = request.future
         try:
             return future.result(remaining(request.deadline_s))
         except TimeoutError:
             if future.done():
                 return future.result()  # its own outcome (maybe a RequestTimeoutError)
-            self._abandon(request, "timed_out")
+            self._abandon(queue, request, "timed_out")
             raise RequestTimeoutError(timeout_message(request)) from None
         except BaseException:
-            self._abandon(request, "cancelled")
+            self._abandon(queue, request, "cancelled")
             raise
 
     async def predict_async(
@@ -179,9 +179,9 @@ class RequestFronts:
         loop = asyncio.get_running_loop()
         request = self._make_request(args, timeout, loop, "loop")
         if wait_for_queue:
-            await self._put_async(request, loop)
+            queue = await self._put_async(request, loop)
         else:
-            self._put(request, False)
+            queue = self._put(request, False)
         loop_future = request.loop_future
         assert loop_future is not None
         try:
@@ -191,20 +191,31 @@ class RequestFronts:
                 return await loop_future
         except TimeoutError as error:
             if loop_future.cancelled() or not loop_future.done():  # the deadline passed
-                self._abandon(request, "timed_out")
+                self._abandon(queue, request, "timed_out")
                 raise RequestTimeoutError(timeout_message(request)) from None
             if loop_future.exception() is error:
                 raise  # the request's own outcome (a TimeoutError of the model, or expiry)
         except asyncio.CancelledError:
-            self._abandon(request, "cancelled")
+            self._abandon(queue, request, "cancelled")
             raise
         # The deadline fired just as the outcome arrived: the caller gets the outcome.
         return loop_future.result()
 
-    def _abandon(self, request: Request, kind: str) -> None:
-        """The caller gave up: drop the request if it has not started."""
+    def _abandon(self, queue: RequestQueue, request: Request, kind: str) -> None:
+        """The caller gave up: drop the request from ``queue`` if it has not started."""
         if request.future.cancel():
-            self._queue.discard(request)
+            queue.discard(request)
             self._stats.count(kind)
         elif kind == "timed_out":
             self._stats.count(kind)
+
+
+def _raise_if_broken(scheduler: Scheduler) -> None:
+    if scheduler.broken is not None:
+        raise HostBrokenError("the host is broken: a worker died") from scheduler.broken
+
+
+def _never_started() -> HostNotRunningError:
+    return HostNotRunningError(
+        "the host is not running: call start() (or use `with host:`) before predict"
+    )

@@ -31,12 +31,11 @@ Invariants:
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._queue import IDLE, Expire, RequestQueue
+from ._queue import Expire, RequestQueue
 from ._request import Request
 from .batcher.base import Batcher, BatchLimits
 
@@ -49,7 +48,6 @@ class Prepared:
     args: tuple[Any, ...] = ()
     context: Any = None
     error: Exception | None = None
-    prepared_s: float = 0.0
 
 
 class Prefetcher:
@@ -148,15 +146,12 @@ class Prefetcher:
                         self._cv.wait()
                     if self._done():
                         return
-                batch = self._queue.take(
-                    self._batcher, self._limits, self._expire, self._busy, self._hold
-                )
+                batch = self._queue.take_ahead(self._batcher, self._limits, self._busy, self._hold)
                 if batch is None:
-                    return
-                if batch is IDLE:
+                    return  # closed: the model thread drains what is left
+                if not batch:
                     continue  # the model is idle: its thread takes for itself
                 prepared = self._prepare(batch)
-                prepared.prepared_s = time.monotonic()
                 with self._cv:
                     if self._model_died is not None:
                         return  # the host is broken; it drains what the queue holds

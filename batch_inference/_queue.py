@@ -19,10 +19,6 @@ Expire = Callable[[Request], None]
 #: ``put(..., wait_for_space_until_s=_FOREVER)`` waits for room without a deadline.
 _FOREVER = float("inf")
 
-#: What :meth:`RequestQueue.take` returns to a prefetcher whose model is idle: its model
-#: thread takes the next batch itself.
-IDLE: list[Request] = []
-
 
 class RequestQueue:
     """Requests waiting for a worker.
@@ -31,8 +27,9 @@ class RequestQueue:
     under ``_lock``; every wait is a predicate loop on ``_not_empty`` or
     ``_not_full``, so a notification sent before a thread waits is never lost.
     A prefetcher (pipelining, see ``_pipeline.py``) takes only while its model
-    is busy, and only a full batch: it waits on ``_ahead``; once its model is
-    idle it gets :data:`IDLE` back and the model thread takes for itself.
+    is busy, and only a full batch (:meth:`take_ahead`): it waits on
+    ``_ahead``; once its model is idle it gets ``[]`` back and the model
+    thread takes for itself (:meth:`take`).
     """
 
     def __init__(self, max_size: int | None) -> None:
@@ -138,23 +135,9 @@ class RequestQueue:
                 count -= 1
 
     def take(
-        self,
-        batcher: Batcher,
-        limits: Callable[[], BatchLimits],
-        expire: Expire,
-        busy: Callable[[], bool] | None = None,
-        on_hold: Callable[[], None] | None = None,
+        self, batcher: Batcher, limits: Callable[[], BatchLimits], expire: Expire
     ) -> list[Request] | None:
-        """Block until the batcher selects a batch; ``None`` once closed and empty.
-
-        With ``busy`` (a prefetcher taking ahead for one worker), the chosen
-        requests are *held*, not started: :meth:`start` starts them when the
-        model runs them, so until then they can still be cancelled, expire, or
-        be drained. Only while ``busy()`` (that worker's model is running a
-        batch), only a batch that cannot grow, and only one holding the oldest
-        request: the batcher is asked with ``max_delay_s=inf``. ``on_hold()``
-        is called under the lock as the requests are taken. Once the model is
-        idle, :data:`IDLE` is returned instead (and ``None`` once closed).
+        """Block until the batcher selects a batch, and start it; ``None`` once closed and empty.
 
         Chosen requests are marked running (``set_running_or_notify_cancel``):
         cancelled ones are dropped, and ones whose deadline passed are handed
@@ -165,12 +148,31 @@ class RequestQueue:
         while True:
             expired: list[Request] = []
             try:
-                batch = self._take_locked(batcher, limits, expired, busy, on_hold)
+                batch = self._take_locked(batcher, limits, expired, None, None)
             finally:
                 for request in expired:
                     expire(request)
-            if batch is None or batch or batch is IDLE:
+            if batch is None or batch:
                 return batch
+
+    def take_ahead(
+        self,
+        batcher: Batcher,
+        limits: Callable[[], BatchLimits],
+        busy: Callable[[], bool],
+        on_hold: Callable[[], None],
+    ) -> list[Request] | None:
+        """Take a batch ahead for a prefetcher whose model is busy; hold it, do not start it.
+
+        Only while ``busy()`` (the prefetcher's model is running a batch), only
+        a batch that cannot grow, and only one holding the oldest request: the
+        batcher is asked with ``model_busy=True``. The chosen requests are
+        *held*: :meth:`start` starts them when the model runs them, so until
+        then they can still be cancelled, expire, or be drained. ``on_hold()``
+        is called under the lock as they are taken. Returns ``[]`` (nothing
+        taken) once the model is idle, and ``None`` once the queue is closed.
+        """
+        return self._take_locked(batcher, limits, [], busy, on_hold)
 
     def _take_locked(
         self,
@@ -178,15 +180,18 @@ class RequestQueue:
         limits: Callable[[], BatchLimits],
         expired: list[Request],
         busy: Callable[[], bool] | None,
-        on_hold: Callable[[], None] | None = None,
+        on_hold: Callable[[], None] | None,
     ) -> list[Request] | None:
-        """:meth:`take` under the lock; ``[]`` when every chosen request had expired."""
+        """:meth:`take` (or, with ``busy``, :meth:`take_ahead`) under the lock.
+
+        ``[]`` when every chosen request had expired, or (ahead) the model is idle.
+        """
         with self._lock:
             while True:
                 items = self._items
                 ahead = busy is not None
                 if ahead and (self._closed or not busy()):
-                    return None if self._closed else IDLE
+                    return None if self._closed else []
                 if not items:
                     if self._closed:
                         return None
@@ -201,7 +206,7 @@ class RequestQueue:
                     if current.max_batch_tokens is None and len(items) < current.full_size:
                         selection = None  # too few requests for a full batch
                     else:
-                        ahead_limits = dataclasses.replace(current, max_delay_s=_FOREVER)
+                        ahead_limits = dataclasses.replace(current, model_busy=True)
                         selection = batcher.select(items, ahead_limits, now_s)
                     if selection is None or 0 not in selection.indices:
                         # Nothing full serves the oldest yet: ask again once a few more came.
@@ -221,10 +226,9 @@ class RequestQueue:
                 self._not_full.notify(len(chosen))
                 if self._space_waiters:
                     self._wake_space_waiters(len(chosen))
-                if busy is not None:  # a prefetcher's: they start when its model runs them
+                if on_hold is not None:  # a prefetcher's: they start when its model runs them
                     self._held.update(dict.fromkeys(chosen))
-                    if on_hold is not None:
-                        on_hold()
+                    on_hold()
                     return chosen
                 batch = _mark_started(chosen, now_s, expired)
                 if batch or expired:
@@ -310,11 +314,6 @@ class RequestQueue:
         """Run ``action()`` under the queue's lock (atomic with every take)."""
         with self._lock:
             action()
-
-    def wake(self) -> None:
-        """Wake waiting workers so they re-read the limits."""
-        with self._lock:
-            self._not_empty.notify_all()
 
 
 def _mark_started(requests: list[Request], now_s: float, expired: list[Request]) -> list[Request]:

@@ -1,4 +1,11 @@
-"""The worker: runs batches on one model replica and hands results back."""
+"""The worker: runs batches on one model replica and hands results back.
+
+A :class:`Worker` is built by a :class:`~batch_inference._scheduler.Scheduler`
+and handed only what it uses: its model's ``predict_batch`` and device, the
+scheduler's queue, batcher, :class:`Scatter` and stats, and a narrow
+:class:`SchedulerPort` (the current limits, expiry, lowering the limit after
+an out-of-memory error, and failing the scheduler when the worker dies).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ._pipeline import Prefetcher, Prepared
+from ._queue import RequestQueue
 from ._request import Request, settle
-from .batcher.base import Batcher
+from .batcher.base import Batcher, BatchLimits
 from .errors import OutputMismatchError
 from .stats import StatsRecorder
 
@@ -22,6 +30,30 @@ def is_out_of_memory(error: BaseException) -> bool:
         or type(error).__name__ == "OutOfMemoryError"
         or (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
     )
+
+
+class SchedulerPort(Protocol):
+    """What a worker may ask of the scheduler that made it."""
+
+    def limits(self) -> BatchLimits:
+        """The current limits (``max_batch_size`` lowered after out-of-memory errors)."""
+        ...
+
+    def expire(self, request: Request) -> None:
+        """Answer a request whose deadline passed before it ran."""
+        ...
+
+    def lower_limit(self, failed_size: int) -> None:
+        """A batch of ``failed_size`` requests ran out of memory: lower the batch limit."""
+        ...
+
+    def fail(self, cause: BaseException, batch: list[Request]) -> None:
+        """A thread died of ``cause``: fail ``batch`` and everything pending; refuse more."""
+        ...
+
+    def worker_finished(self) -> None:
+        """This worker's thread ends (its queue is closed and drained, or it died)."""
+        ...
 
 
 class Scatter:
@@ -36,15 +68,14 @@ class Scatter:
         self,
         batcher: Batcher,
         stats: StatsRecorder,
-        on_fatal: Callable[[BaseException, list[Request]], None] | None = None,
+        on_fatal: Callable[[BaseException, list[Request]], None],
     ) -> None:
         self._batcher = batcher
         self._stats = stats
         self._on_fatal = on_fatal
         self._inbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="batch_inference-scatter",
-                                        daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._loop, name="batch_inference-scatter",
+                                       daemon=True)
 
     def later(self, requests: list[Request], outputs: Any, context: Any) -> None:
         self._inbox.put((requests, outputs, context))
@@ -73,19 +104,15 @@ class Scatter:
                 self.now(*item)
             except BaseException as error:  # noqa: BLE001 - e.g. SystemExit from unbatch
                 # Keep scattering the batches behind it, but the host is broken.
-                if self._on_fatal is None:
-                    self.fail(item[0], error)
-                else:
-                    self._on_fatal(error, item[0])
+                self._on_fatal(error, item[0])
 
     def close(self) -> None:
+        """No more batches come: the thread ends once it has scattered those it holds."""
         self._inbox.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
 
 
 class Worker:
-    """One model replica fed from the shared queue, on its own thread.
+    """One model replica fed from the scheduler's queue, on its own thread.
 
     Its :class:`~batch_inference._pipeline.Prefetcher` forms and prepares a
     full next batch while the model runs the current one; when nothing is
@@ -98,29 +125,49 @@ class Worker:
         index: int,
         predict_batch: Callable[..., Any],
         device: Any,
-        host: Any,
+        *,
+        queue: RequestQueue,
+        batcher: Batcher,
+        scatter: Scatter,
+        stats: StatsRecorder,
+        isolate_failures: bool,
+        scheduler: SchedulerPort,
     ) -> None:
         self.index = index
         self._predict = predict_batch
         self._device = device
-        self._host = host
+        self._queue = queue
+        self._batcher = batcher
+        self._scatter = scatter
+        self._stats = stats
+        self._isolate_failures = isolate_failures
+        self._scheduler = scheduler
         self.thread = threading.Thread(
             target=self._loop, name=f"batch_inference-worker-{index}", daemon=True
         )
-        self._prefetcher = Prefetcher(
-            host._queue, host.batcher, host._current_limits, host._expire, self._prepare,
-            host._break, name=f"batch_inference-prefetch-{index}",
+        self.prefetcher = Prefetcher(
+            queue, batcher, scheduler.limits, scheduler.expire, self._prepare,
+            scheduler.fail, name=f"batch_inference-prefetch-{index}",
         )
 
+    @property
+    def threads(self) -> tuple[threading.Thread, threading.Thread]:
+        """The model thread and the prefetch thread."""
+        return self.thread, self.prefetcher.thread
+
+    def start(self) -> None:
+        self.prefetcher.thread.start()
+        self.thread.start()
+
     def _loop(self) -> None:
-        host = self._host
-        prefetcher = self._prefetcher
+        scheduler = self._scheduler
+        prefetcher = self.prefetcher
+        queue = self._queue
         batch: list[Request] = []
         try:
-            prefetcher.thread.start()
             while (item := prefetcher.next()) is not None:
                 if isinstance(item, Prepared):  # taken ahead: start it now
-                    batch = host._queue.start(item.requests, host._expire)
+                    batch = queue.start(item.requests, scheduler.expire)
                     prepared = item
                     if batch and len(batch) < len(item.requests):  # some were cancelled
                         prepared = self._prepare(batch)
@@ -134,12 +181,14 @@ class Worker:
             prefetcher.stop()
         except BaseException as error:  # noqa: BLE001 - a dying worker must fail every caller
             prefetcher.model_died(error)
-            host._break(error, batch)
+            scheduler.fail(error, batch)
+        finally:
+            scheduler.worker_finished()
 
     def _prepare(self, requests: list[Request]) -> Prepared:
         """Gather, pad and stack the requests, and copy them to the device."""
         try:
-            args, context = self._host.batcher.batch([r.args for r in requests])
+            args, context = self._batcher.batch([r.args for r in requests])
             if self._device is not None:
                 args = _to_device(args, self._device)
         except Exception as error:
@@ -150,32 +199,31 @@ class Worker:
         self._run(self._prepare(requests), retry)
 
     def _run(self, prepared: Prepared, retry: bool) -> None:
-        host = self._host
         requests = prepared.requests
         started_s = time.monotonic()
         try:
             if prepared.error is not None:
                 raise prepared.error
-            outputs = self._host.batcher.run(self._predict, prepared.args)
+            outputs = self._batcher.run(self._predict, prepared.args)
         except Exception as error:
             self._record(requests, started_s, retry)
             self._recover(requests, error)
             return
         self._record(requests, started_s, retry)
         context = prepared.context
-        if not retry and self._prefetcher.has_next():
-            host._scatter.later(requests, outputs, context)  # the next batch is ready to run
+        if not retry and self.prefetcher.has_next():
+            self._scatter.later(requests, outputs, context)  # the next batch is ready to run
         else:
             if not retry:  # the model is idle: the prefetcher stops looking ahead
-                self._prefetcher.ran()
-            host._scatter.now(requests, outputs, context)
+                self.prefetcher.ran()
+            self._scatter.now(requests, outputs, context)
 
     def _record(self, requests: list[Request], started_s: float, retry: bool) -> None:
         infos = [r.info for r in requests]
-        self._host._stats.batch(
+        self._stats.batch(
             size=len(requests),
             real=sum(i.rows * i.length for i in infos),
-            padded=self._host.batcher.padded_tokens(infos),
+            padded=self._batcher.padded_tokens(infos),
             waits=() if retry else [started_s - r.enqueued_s for r in requests],
             model_s=time.monotonic() - started_s,
             retry=retry,
@@ -189,19 +237,19 @@ class Worker:
         on their own get the error. After an out-of-memory error the parts are
         at most the (lowered) batch limit, re-read before each part.
         """
-        host = self._host
+        scheduler = self._scheduler
         oom = is_out_of_memory(error)
         if oom:
-            host._lower_batch_limit(len(requests))
-        if len(requests) == 1 or not (host.isolate_failures or oom):
-            host._scatter.fail(requests, error)
+            scheduler.lower_limit(len(requests))
+        if len(requests) == 1 or not (self._isolate_failures or oom):
+            self._scatter.fail(requests, error)
             return
         # A retry is a new batch: requests whose deadline has passed are not run again.
         now_s = time.monotonic()
         expired = [r for r in requests if r.deadline_s is not None and r.deadline_s <= now_s]
         if expired:
             for request in expired:
-                host._expire(request)
+                scheduler.expire(request)
             requests = [r for r in requests if r not in expired]
             if not requests:
                 return
@@ -211,13 +259,19 @@ class Worker:
         half = (len(requests) + 1) // 2
         start = 0
         while start < len(requests):
-            size = max(1, min(host.batch_limit, half)) if oom else half
+            size = max(1, min(scheduler.limits().max_batch_size, half)) if oom else half
             self._execute(requests[start : start + size], retry=True)
             start += size
 
 
-def _to_device(args: tuple[Any, ...], device: Any) -> tuple[Any, ...]:
-    return tuple(
-        a.to(device, non_blocking=True) if hasattr(a, "to") and hasattr(a, "device") else a
-        for a in args
-    )
+def _to_device(value: Any, device: Any) -> Any:
+    """``value`` with every tensor in it (in tuples, lists and dicts too) moved to ``device``."""
+    if hasattr(value, "to") and hasattr(value, "device"):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_to_device(v, device) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value

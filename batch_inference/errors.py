@@ -13,6 +13,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidRequestError",
     "HostNotRunningError",
+    "HostAlreadyRunningError",
     "HostStoppedError",
     "HostBrokenError",
     "QueueFullError",
@@ -39,6 +40,11 @@ class InvalidRequestError(BatchInferenceError, ValueError):
 
 class HostNotRunningError(BatchInferenceError, RuntimeError):
     """``predict`` was called before ``start()`` or after ``stop()``."""
+
+
+class HostAlreadyRunningError(BatchInferenceError, RuntimeError):
+    """``start()`` was called on a host that is running (batch-inference 1.0 raises
+    ``RuntimeError`` there too); ``stop()`` it first."""
 
 
 class HostStoppedError(BatchInferenceError, RuntimeError):

@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._checks import (
-    checked_timeout,
-    non_negative,
-    positional_range,
-    positive_int,
-    remaining,
-    timeout_message,
-)
+from ._checks import checked_timeout, non_negative, positional_range, positive_int
 from ._fronts import RequestFronts
-from ._queue import RequestQueue
-from ._request import Request, settle
-from ._worker import Scatter, Worker
+from ._scheduler import Scheduler
 from .batcher.base import Batcher, BatchLimits
 from .batcher.concat_batcher import ConcatBatcher
-from .errors import (
-    ConfigurationError,
-    HostBrokenError,
-    HostStoppedError,
-    InvalidRequestError,
-    RequestTimeoutError,
-)
+from .errors import ConfigurationError, HostAlreadyRunningError, InvalidRequestError
 from .stats import HostStats, StatsRecorder
 
 __all__ = ["ModelHost"]
@@ -144,9 +128,6 @@ class ModelHost(RequestFronts):
         self.model_cls = model_cls
         self.model_obj = model_obj
         self.batcher: Batcher = batcher if batcher is not None else ConcatBatcher()
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
-        self.max_batch_tokens = max_batch_tokens
         self.num_workers = num_workers
         self.devices = list(devices) if devices is not None else None
         self.max_queue_size = max_queue_size
@@ -154,16 +135,37 @@ class ModelHost(RequestFronts):
         self.isolate_failures = isolate_failures
         self.model_args: tuple[Any, ...] = tuple(model_args)
         self.model_kwargs: dict[str, Any] = dict(model_kwargs or {})
+        # The one source of the batch settings; a Scheduler holds the current (lowered) copy.
         self._limits = BatchLimits(max_batch_size, max_batch_tokens, max_delay_s, wait_n)
         self._arg_range = positional_range(target.predict_batch, bound=model_obj is not None)
         self._models: list[Any] = []
-        self._workers: list[Worker] = []
         self._stats = StatsRecorder()
-        self._queue = RequestQueue(max_queue_size)
-        self._queue.close()
-        self._scatter: Scatter | None = None
         self._lifecycle = threading.Lock()
-        self._broken: BaseException | None = None
+        # The latest start's scheduler (kept after stop() for stats and its closed queue).
+        self._scheduler: Scheduler | None = None
+        self._started = False
+        self._accepted_before = 0  # requests accepted by earlier starts
+
+    @property
+    def models(self) -> tuple[Any, ...]:
+        """The model objects the workers serve, one per worker (built by the first
+        :meth:`start`; empty before it). ``model_obj`` stays as it was given."""
+        return tuple(self._models)
+
+    @property
+    def max_batch_size(self) -> int:
+        """Most requests in one ``predict_batch`` call, as configured (see :attr:`batch_limit`)."""
+        return self._limits.max_batch_size
+
+    @property
+    def max_delay_s(self) -> float:
+        """Longest a request may be held back for companions, as configured."""
+        return self._limits.max_delay_s
+
+    @property
+    def max_batch_tokens(self) -> int | None:
+        """Most padded tokens in one batch, as configured, or ``None``."""
+        return self._limits.max_batch_tokens
 
     # ------------------------------------------------------------------ lifecycle
     def __call__(self, *model_args: Any, **model_kwargs: Any) -> ModelHost:
@@ -174,44 +176,63 @@ class ModelHost(RequestFronts):
     @property
     def running(self) -> bool:
         """Whether the host accepts requests."""
-        return bool(self._workers) and self._broken is None
+        scheduler = self._scheduler
+        return self._started and scheduler is not None and scheduler.broken is None
 
     @property
     def broken(self) -> bool:
-        """Whether a worker died; the host then refuses every request."""
-        return self._broken is not None
+        """Whether a worker of the latest start died; the host then refuses every request.
+
+        It stays ``True`` after :meth:`stop`, until the next :meth:`start`.
+        """
+        scheduler = self._scheduler
+        return scheduler is not None and scheduler.broken is not None
 
     def start(self) -> ModelHost:
-        """Build the model(s) and start the workers. Starting a running host does nothing."""
+        """Build the model(s) (once) and start a new scheduler with its workers.
+
+        Raises
+        ------
+        HostAlreadyRunningError
+            The host is running (also a ``RuntimeError``, as batch-inference
+            1.0 raises); call :meth:`stop` first.
+        """
         with self._lifecycle:
-            if self._workers:
-                return self
+            if self._started:
+                raise HostAlreadyRunningError(
+                    f"the host serving {self._target_name()} is already running; stop() it first"
+                )
             if not self._models:
                 self._models = self._build_models()
-            self._broken = None
-            self._queue = RequestQueue(self.max_queue_size)
-            self._scatter = Scatter(self.batcher, self._stats, self._break)
+            previous = self._scheduler
+            limits = self._limits
+            if previous is not None:  # a lowered batch limit holds for the host's life
+                self._accepted_before += previous.queue.accepted
+                limits = previous.limits()
             devices = self.devices or [None] * self.num_workers
-            self._workers = [
-                Worker(i, model.predict_batch, device, self)
-                for i, (model, device) in enumerate(zip(self._models, devices))
-            ]
-            for worker in self._workers:
-                worker.thread.start()
+            scheduler = Scheduler(
+                [(model.predict_batch, device) for model, device in zip(self._models, devices)],
+                batcher=self.batcher, limits=limits, stats=self._stats,
+                isolate_failures=self.isolate_failures, max_queue_size=self.max_queue_size,
+            )
+            scheduler.start()
+            self._scheduler = scheduler
+            self._started = True
             return self
+
+    def _target_name(self) -> str:
+        target = self.model_cls if self.model_cls is not None else type(self.model_obj)
+        return target.__name__
 
     def _build_models(self) -> list[Any]:
         if self.model_obj is not None:
             return [self.model_obj] * self.num_workers
         assert self.model_cls is not None
         if self.devices is None:
-            models = [self.model_cls(*self.model_args, **self.model_kwargs)
-                      for _ in range(self.num_workers)]
-        else:
-            models = [self.model_cls(*self.model_args, device=device, **self.model_kwargs)
-                      for device in self.devices]
-        self.model_obj = models[0]
-        return models
+            return [self.model_cls(*self.model_args, **self.model_kwargs)
+                    for _ in range(self.num_workers)]
+        return [self.model_cls(*self.model_args, device=device, **self.model_kwargs)
+                for device in self.devices]
 
     def stop(self, cancel_pending: bool = False, timeout: float | None = None) -> bool:
         """Stop accepting requests and shut the workers down.
@@ -223,33 +244,25 @@ class ModelHost(RequestFronts):
             ``True``: each request that has not started gets
             :class:`~batch_inference.errors.HostStoppedError`.
         timeout:
-            Most seconds to wait for the workers; ``None`` waits for them.
+            Most seconds to wait for the threads; ``None`` waits for them.
 
         Returns
         -------
         bool
-            ``True`` when every worker has finished. Stopping a stopped host
-            returns ``True`` at once.
+            ``True`` when every thread that the last :meth:`start` made (model,
+            prefetch and scatter threads) has ended. ``False`` when the timeout
+            ran out first, or when called from ``predict_batch`` (that thread
+            goes on draining the queue): the threads still end by themselves
+            once they have answered every accepted request, and a later
+            :meth:`start` never shares them. Stopping a stopped host returns
+            ``True`` at once.
         """
         with self._lifecycle:
-            workers, self._workers = self._workers, []
-            if not workers:
+            scheduler = self._scheduler
+            if not self._started or scheduler is None:
                 return True
-            self._queue.close()
-            if cancel_pending:
-                self._fail_pending(HostStoppedError("the host was stopped before this request ran"))
-            deadline_s = None if timeout is None else time.monotonic() + timeout
-            me = threading.current_thread()
-            for worker in workers:
-                if worker.thread is not me:
-                    worker.thread.join(remaining(deadline_s))
-            finished = not any(w.thread.is_alive() for w in workers if w.thread is not me)
-            # Called from inside predict_batch, the calling worker still drains the queue and
-            # scatters through this Scatter after stop() returns: leave it open.
-            inside = any(w.thread is me for w in workers)
-            if finished and not inside and self._scatter is not None:
-                self._scatter.close()
-            return finished
+            self._started = False
+            return scheduler.stop(cancel_pending, timeout)
 
     def __enter__(self) -> ModelHost:
         return self.start()
@@ -263,43 +276,20 @@ class ModelHost(RequestFronts):
     async def __aexit__(self, *exc_info: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
 
-    # ------------------------------------------------------------------ worker hooks
-    def _current_limits(self) -> BatchLimits:
-        return self._limits
-
-    def _expire(self, request: Request) -> None:
-        assert self._scatter is not None
-        self._scatter.fail([request], RequestTimeoutError(timeout_message(request)), "timed_out")
-
-    def _lower_batch_limit(self, failed_size: int) -> None:
-        """After an out-of-memory error on ``failed_size`` requests, halve the limit."""
-        limits = self._limits
-        new_size = max(1, min(limits.max_batch_size, failed_size // 2))
-        if new_size < limits.max_batch_size:
-            self._limits = BatchLimits(new_size, limits.max_batch_tokens, limits.max_delay_s,
-                                       limits.full_batch_size)
-
-    def _fail_pending(self, error: BaseException) -> None:
-        pending = [r for r in self._queue.drain() if r.future.set_running_or_notify_cancel()]
-        if pending and self._scatter is not None:
-            self._scatter.fail(pending, error, "cancelled")
-
-    def _break(self, cause: BaseException, batch: list[Request]) -> None:
-        """A worker died: fail its batch and every pending request; refuse new ones."""
-        self._broken = cause
-        error = HostBrokenError(f"a worker died: {type(cause).__name__}: {cause}")
-        error.__cause__ = cause
-        self._queue.close()
-        settle([(r, error, True) for r in batch])
-        self._fail_pending(error)
-
     # ------------------------------------------------------------------ introspection
     @property
     def batch_limit(self) -> int:
         """The current ``max_batch_size`` (lowered after out-of-memory errors)."""
-        return self._limits.max_batch_size
+        scheduler = self._scheduler
+        return (self._limits if scheduler is None else scheduler.limits()).max_batch_size
 
     def stats(self) -> HostStats:
-        """A snapshot of counters, batch sizes, padding and latency percentiles."""
-        return self._stats.snapshot(self._queue.accepted, len(self._queue))
+        """A snapshot of counters, batch sizes, padding and latency percentiles.
 
+        Counts run across restarts; ``queue_depth`` is the latest start's.
+        """
+        scheduler = self._scheduler
+        if scheduler is None:
+            return self._stats.snapshot(self._accepted_before, 0)
+        queue = scheduler.queue
+        return self._stats.snapshot(self._accepted_before + queue.accepted, len(queue))

@@ -19,6 +19,7 @@ import torch
 from batch_inference import (
     BatchInferenceError,
     ConfigurationError,
+    HostAlreadyRunningError,
     HostNotRunningError,
     HostStoppedError,
     InvalidRequestError,
@@ -181,7 +182,9 @@ def test_start_and_stop_twice_then_restart() -> None:
     model = Doubler()
     host = ModelHost(model_obj=model)
     assert host.start() is host
-    assert host.start() is host  # a running host: nothing happens
+    with pytest.raises(HostAlreadyRunningError, match="already running") as raised:
+        host.start()  # batch-inference 1.0 raises RuntimeError on a second start too
+    assert isinstance(raised.value, RuntimeError)
     assert host.running
     assert torch.equal(host.predict(rows_of(1)), rows_of(1) * 2)
     assert host.stop() is True

@@ -21,8 +21,6 @@ from batch_inference.batcher import (
     Waiting,
 )
 
-AHEAD = math.inf  # max_delay_s the host passes when it prepares a batch while the model is busy
-
 
 def waiting_of(lengths: list[int], rows: list[int] | None = None, key: Any = None,
                enqueued_s: list[float] | None = None) -> list[Waiting]:
@@ -131,18 +129,18 @@ def test_requests_due_together_share_one_batch() -> None:
 def test_ahead_of_a_busy_model_only_a_full_batch_is_chosen() -> None:
     batcher = LengthAwareBatcher([0])
     partial = waiting_of([12] * 5)
-    assert batcher.select(partial, BatchLimits(8, max_delay_s=AHEAD), 0.0).indices == ()
+    assert batcher.select(partial, BatchLimits(8, model_busy=True), 0.0).indices == ()
     full = waiting_of([12] * 9)
-    selection = batcher.select(full, BatchLimits(8, max_delay_s=AHEAD), 0.0)
+    selection = batcher.select(full, BatchLimits(8, model_busy=True), 0.0)
     assert selection.indices == tuple(range(8))
     by_tokens = waiting_of([30] * 3)
-    selection = batcher.select(by_tokens, BatchLimits(8, 64, AHEAD), 0.0)
+    selection = batcher.select(by_tokens, BatchLimits(8, 64, model_busy=True), 0.0)
     assert len(selection.indices) == 2  # a third would pass 64 tokens: it cannot grow
 
 
 def test_ahead_prefers_the_oldest_requests_full_batch() -> None:
     items = waiting_of([50] + [10] * 4 + [50] * 3)
-    selection = LengthAwareBatcher([0]).select(items, BatchLimits(4, max_delay_s=AHEAD), 0.0)
+    selection = LengthAwareBatcher([0]).select(items, BatchLimits(4, model_busy=True), 0.0)
     assert sorted(selection.indices) == [0, 5, 6, 7]
 
 
@@ -201,7 +199,7 @@ def test_select_respects_the_contract(
 @given(lengths=lengths_st, max_batch_size=st.integers(1, 32))
 def test_ahead_selects_only_full_batches(lengths: list[int], max_batch_size: int) -> None:
     items = waiting_of(lengths)
-    limits = BatchLimits(max_batch_size, max_delay_s=AHEAD)
+    limits = BatchLimits(max_batch_size, model_busy=True)
     chosen = LengthAwareBatcher([0]).select(items, limits, 1e9).indices
     assert chosen == () or len(chosen) == max_batch_size
 

@@ -141,7 +141,7 @@ def test_a_model_that_finishes_while_the_next_batch_is_prepared_waits_for_it(
     assert batcher.preparing.wait(30)
     gated.release.set()
     assert host.first.result(30)[0, 0] == 0.0
-    prefetcher = host._workers[0]._prefetcher
+    prefetcher = host._scheduler.workers[0].prefetcher
     wait_until(lambda: not prefetcher._running)  # the model is done with its batch
     batcher.may_prepare.set()
     assert [f.result(10)[0, 0] for f in four] == [2.0, 4.0, 6.0, 8.0]

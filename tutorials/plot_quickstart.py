@@ -63,7 +63,7 @@ class TinyModel:
 generator = torch.Generator().manual_seed(0)
 phases = []
 with TinyModel.host() as host:
-    model = host.model_obj
+    model = host.models[0]
     started_s = time.monotonic()
     for clients in (1, 4, 16, 64):
         queries = [(torch.randn(1, 16, generator=generator),) for _ in range(25 * clients)]

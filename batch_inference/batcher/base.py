@@ -68,12 +68,19 @@ class BatchLimits:
     full_batch_size:
         A group this large is dispatched at once, even within ``max_delay_s``
         (batch-inference 1.0's ``wait_n``). Defaults to ``max_batch_size``.
+    model_busy:
+        ``True`` when the batch is chosen *ahead*: the model is still running
+        the previous batch, so the chosen batch starts later, when it is free.
+        A batcher should then choose only a batch that waiting could not make
+        better (one that cannot grow), or nothing; ``max_delay_s`` does not
+        apply. ``False`` (the model is idle): the batch starts at once.
     """
 
     max_batch_size: int
     max_batch_tokens: int | None = None
     max_delay_s: float = 0.0
     full_batch_size: int | None = None
+    model_busy: bool = False
 
     @property
     def full_size(self) -> int:
@@ -120,12 +127,13 @@ class Batcher(ABC):
         ``max_batch_tokens``. With ``max_delay_s == 0`` the oldest request's
         group is dispatched at once. Otherwise a full group is dispatched at
         once, and a partial one when its oldest request has waited
-        ``max_delay_s``.
+        ``max_delay_s``. While :attr:`BatchLimits.model_busy`, only a full
+        group is chosen.
         """
         if not waiting:
             return Selection()
         first_key = waiting[0].info.key
-        if limits.max_delay_s <= 0:
+        if limits.max_delay_s <= 0 and not limits.model_busy:
             return Selection(tuple(self._fill(waiting, first_key, limits, limits.max_batch_size)))
         groups: dict[Hashable, list[int]] = {}
         for index, item in enumerate(waiting):
@@ -137,6 +145,8 @@ class Batcher(ABC):
                     continue
             # This group cannot grow: full by count or by token budget.
             return Selection(tuple(members))
+        if limits.model_busy:
+            return Selection()
         due_s = waiting[0].enqueued_s + limits.max_delay_s
         if now_s >= due_s:
             return Selection(tuple(groups[first_key]))

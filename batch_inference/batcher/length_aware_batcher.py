@@ -45,7 +45,7 @@ class LengthAwareBatcher(SeqBatcher):
     workload of your own.
 
     The model is never kept idle while requests wait. When the host prepares a
-    batch ahead (the model is still busy; it asks with ``max_delay_s=inf``),
+    batch ahead (the model is still busy: ``limits.model_busy``),
     only a *full* batch is chosen: ``max_batch_size`` requests, or one more
     request would pass ``max_batch_tokens``.
 
@@ -98,7 +98,7 @@ class LengthAwareBatcher(SeqBatcher):
         groups: dict[Hashable, list[int]] = {}
         for index, item in enumerate(head):
             groups.setdefault(item.info.key, []).append(index)
-        if limits.max_delay_s != math.inf:  # the model is free: the oldest's batch goes now
+        if not limits.model_busy:  # the model is free: the oldest's batch goes now
             oldest_due = now_s - head[0].enqueued_s >= limits.max_delay_s
             return Selection(
                 self._next_batch(head, groups[head[0].info.key], limits, now_s, oldest_due)

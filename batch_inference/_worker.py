@@ -216,8 +216,18 @@ class Worker:
             start += size
 
 
-def _to_device(args: tuple[Any, ...], device: Any) -> tuple[Any, ...]:
-    return tuple(
-        a.to(device, non_blocking=True) if hasattr(a, "to") and hasattr(a, "device") else a
-        for a in args
-    )
+def _to_device(args: Any, device: Any) -> Any:
+    """``args`` with every tensor moved to ``device``, through nested tuples and lists.
+
+    A batcher's ``batch`` gives one tuple of arguments, or (a ``MultiBatcher``) a
+    list of such tuples; the structure is kept, anything that is not a tensor
+    is passed through.
+    """
+    if isinstance(args, (tuple, list)):
+        moved = [_to_device(a, device) for a in args]
+        if hasattr(args, "_fields"):  # a namedtuple takes its fields positionally
+            return type(args)(*moved)
+        return type(args)(moved)
+    if hasattr(args, "to") and hasattr(args, "device"):
+        return args.to(device, non_blocking=True)
+    return args

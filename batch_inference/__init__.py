@@ -5,6 +5,11 @@ waiting requests into batches, calls the model's ``predict_batch`` once per
 batch, and hands every caller its own slice of the output.
 """
 
+from .batcher.base import Batcher
+from .batcher.bucket_seq_batcher import BucketSeqBatcher
+from .batcher.concat_batcher import ConcatBatcher
+from .batcher.multi_batcher import MultiBatcher
+from .batcher.seq_batcher import SeqBatcher
 from .decorator import batching
 from .errors import (
     BatchInferenceError,
@@ -25,6 +30,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchInferenceError",
+    "Batcher",
+    "BucketSeqBatcher",
+    "ConcatBatcher",
     "ConfigurationError",
     "HostAlreadyRunningError",
     "HostBrokenError",
@@ -33,10 +41,12 @@ __all__ = [
     "HostStoppedError",
     "InvalidRequestError",
     "ModelHost",
+    "MultiBatcher",
     "OutputMismatchError",
     "Percentiles",
     "QueueFullError",
     "RequestTimeoutError",
+    "SeqBatcher",
     "batching",
     "__version__",
 ]

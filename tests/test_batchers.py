@@ -408,8 +408,9 @@ def test_bucket_round_trip_within_a_bucket(kind: str) -> None:
 
     batched, context = batcher.batch(requests)
 
-    assert tuple(batched[0].shape) == (3, 30)
-    for request, got in zip(requests, batcher.unbatch(batched[1], context)):
+    assert len(batched) == 1  # one bucket: one batched request
+    assert tuple(batched[0][0].shape) == (3, 30)
+    for request, got in zip(requests, batcher.unbatch([batched[0][1]], context)):
         assert equal(got, request[1])
 
 

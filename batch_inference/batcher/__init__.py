@@ -4,6 +4,7 @@ from .base import Batcher, BatchLimits, RequestInfo, Selection, Waiting
 from .bucket_seq_batcher import BucketSeqBatcher
 from .concat_batcher import ConcatBatcher
 from .length_aware_batcher import LengthAwareBatcher
+from .multi_batcher import MultiBatcher
 from .seq_batcher import SeqBatcher
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "BucketSeqBatcher",
     "ConcatBatcher",
     "LengthAwareBatcher",
+    "MultiBatcher",
     "RequestInfo",
     "Selection",
     "SeqBatcher",

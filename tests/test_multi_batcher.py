@@ -190,7 +190,7 @@ def test_bucket_seq_batcher_in_a_host_with_a_device_gets_one_call_per_bucket() -
         for n in (2, 9, 3):
             ids = torch.arange(1, n + 1)[None]
             assert torch.equal(host.predict(ids), ids[:, :, None].float() * 2)
-    assert host.model_obj.widths == [2, 9, 3]
+    assert host.models[0].widths == [2, 9, 3]
 
 
 # ----------------------------------------------------------------------------- device copy

@@ -334,6 +334,7 @@ def test_a_prefetcher_prepares_a_full_batch_ahead_while_its_model_runs() -> None
     assert isinstance(item, Prepared) and item.requests == ahead
     assert torch.equal(item.args[0], torch.cat([r.args[0] for r in ahead]))
     prefetcher.ran()
+    queue.close()  # how a prefetcher ends: its queue closes (it may be waiting for more)
     prefetcher.stop()
     prefetcher.thread.join(WAIT_S)
     assert not prefetcher.thread.is_alive() and fatal == []

@@ -108,7 +108,10 @@ class ModelHost:
     @property
     def model_obj(self) -> Any:
         """The model: the one given, or (after :meth:`start`) the first one built."""
-        return self._host.model_obj
+        host = self._host
+        if host.model_obj is not None or not host.models:
+            return host.model_obj
+        return host.models[0]
 
     @property
     def batcher(self) -> Batcher:

@@ -141,16 +141,20 @@ class ModelHost:
         The model is built by :meth:`start`, off the event loop. A host given
         ``model_obj``, or already started, refuses: its model is built.
         """
-        if self._host.model_obj is not None:  # given, or built by start()
+        if self.model_obj is not None:  # given, or built by start()
             raise ConfigurationError(
-                f"model_obj={self._host.model_obj!r} is already built: calling the host sets "
+                f"model_obj={self.model_obj!r} is already built: calling the host sets "
                 f"model_cls's constructor arguments, got {model_args!r}, {model_kwargs!r}"
             )
         self._host(*model_args, **model_kwargs)
         return self
 
     async def start(self) -> ModelHost:
-        """Build the model(s) and start the workers, in an executor. Idempotent."""
+        """Build the model(s) and start the workers, in an executor.
+
+        Raises :class:`~batch_inference.errors.HostAlreadyRunningError` (a
+        ``RuntimeError``) on a running host.
+        """
         await _off_loop(self._host.start)
         return self
 

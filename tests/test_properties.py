@@ -258,6 +258,7 @@ SCHEDULERS = {
     "seq": lambda: SeqBatcher([0]),
     "bucket": lambda: BucketSeqBatcher([0], buckets=[8, 16, 32]),
     "length-aware": lambda: _length_aware()([0]),
+    "length-aware, padded to 8": lambda: _length_aware()([0], pad_to_multiple_of=8),
 }
 
 

@@ -128,7 +128,9 @@ class LengthAwareBatcher(SeqBatcher):
         padded tokens (a single request is always allowed).
         """
         count = len(order)
-        lengths = [self.padded_length(head[i].info.length) for i in order]  # sorted still
+        lengths = [head[i].info.length for i in order]
+        if self.pad_to_multiple_of is not None:  # rounding up keeps them sorted
+            lengths = [self.padded_length(n) for n in lengths]
         rows = [0] * (count + 1)
         for position, i in enumerate(order):
             rows[position + 1] = rows[position] + head[i].info.rows

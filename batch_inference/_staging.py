@@ -1,4 +1,4 @@
-"""Moving a batch to its worker's device, and its outputs off it.
+"""Moving a batch to its worker's device before ``predict_batch``.
 
 One stager per worker, made at worker start with :func:`make_stager`:
 
@@ -105,7 +105,9 @@ class HostBuffers:
     start aligned to 64 bytes) and returns one view per tensor, of the same
     shape and dtype. Slots are used in turn, so a batch never overwrites the
     buffer of the batch staged just before it; the caller makes sure the copy
-    out of a slot is over before that slot comes round again (``before_reuse``).
+    out of a slot is over before that slot comes round again (:class:`PinnedStager`
+    waits on the event of that slot's last copy). Not thread-safe on its own:
+    :class:`PinnedStager` uses it under its lock.
 
     Parameters
     ----------

@@ -25,7 +25,8 @@ Fixtures any test module may use
     sleep) until ``predicate()`` holds; fails the test if it does not in time.
 
 Everything here is CPU only. ``HF_HUB_OFFLINE=1`` is set so that nothing
-tries the network.
+tries the network. Tests marked ``@pytest.mark.gpu`` are skipped where CUDA is
+not available.
 """
 
 from __future__ import annotations
@@ -42,6 +43,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from batch_inference import ModelHost  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``gpu`` tests without CUDA (torch is imported only if some test is marked)."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in marked:
+        item.add_marker(skip)
 
 
 class GatedModel:

@@ -144,6 +144,11 @@ def check_seq_round_trip(batcher: SeqBatcher, case: dict[str, Any],
         assert len(args) == 1
         args = args[0]
     longest = max(lengths)
+    multiple = batcher.pad_to_multiple_of
+    if multiple is not None:  # rounded up to the multiple; no further
+        longest = -(-longest // multiple) * multiple
+    assert batcher.padded_tokens([batcher.inspect(r) for r in requests]) == longest * sum(
+        int(r[0].shape[0]) for r in requests)
     # The model sees every padded argument padded to the longest, with its own token.
     start = 0
     for request, n in zip(requests, lengths):
@@ -166,18 +171,24 @@ def check_seq_round_trip(batcher: SeqBatcher, case: dict[str, Any],
 
 
 @SETTINGS
-@given(seq_case())
-def test_seq_identity_round_trip_trims_back_to_each_input(case: dict[str, Any]) -> None:
-    batcher = SeqBatcher(case["tokens"], tensor=case["kind"], output_seq_dim=case["output_dims"])
+@given(seq_case(), st.none() | st.integers(1, 9))
+def test_seq_identity_round_trip_trims_back_to_each_input(
+    case: dict[str, Any], multiple: int | None
+) -> None:
+    batcher = SeqBatcher(case["tokens"], tensor=case["kind"], output_seq_dim=case["output_dims"],
+                         pad_to_multiple_of=multiple)
     check_seq_round_trip(batcher, case, case["requests"])
 
 
 @SETTINGS
-@given(seq_case(max_length=80), st.lists(st.integers(1, 70), min_size=1, max_size=4, unique=True))
-def test_bucket_identity_round_trip_per_bucket(case: dict[str, Any], bounds: list[int]) -> None:
+@given(seq_case(max_length=80), st.lists(st.integers(1, 70), min_size=1, max_size=4, unique=True),
+       st.none() | st.sampled_from([2, 8]))
+def test_bucket_identity_round_trip_per_bucket(
+    case: dict[str, Any], bounds: list[int], multiple: int | None
+) -> None:
     buckets = sorted(bounds)
     batcher = BucketSeqBatcher(case["tokens"], buckets=buckets, tensor=case["kind"],
-                               output_seq_dim=case["output_dims"])
+                               output_seq_dim=case["output_dims"], pad_to_multiple_of=multiple)
     groups: dict[Any, list[tuple[Any, ...]]] = {}
     for request in case["requests"]:  # the host never mixes keys: group as it would
         groups.setdefault(batcher.inspect(request).key, []).append(request)
@@ -252,6 +263,7 @@ SCHEDULERS = {
     "seq": lambda: SeqBatcher([0]),
     "bucket": lambda: BucketSeqBatcher([0], buckets=[8, 16, 32]),
     "length-aware": lambda: _length_aware()([0]),
+    "length-aware, padded to 8": lambda: _length_aware()([0], pad_to_multiple_of=8),
 }
 
 

@@ -30,8 +30,9 @@ class BucketSeqBatcher(SeqBatcher, MultiBatcher):
 
     Parameters
     ----------
-    padding_tokens, tensor, max_length, output_seq_dim, dtypes:
-        As for :class:`SeqBatcher`.
+    padding_tokens, tensor, max_length, output_seq_dim, dtypes, pad_to_multiple_of:
+        As for :class:`SeqBatcher` (buckets hold requests by their own length;
+        ``pad_to_multiple_of`` rounds only the padded length of a batch).
     buckets:
         Upper bounds of the buckets, strictly increasing positive integers.
     """
@@ -45,8 +46,10 @@ class BucketSeqBatcher(SeqBatcher, MultiBatcher):
         output_seq_dim: int | None = 1,
         *,
         dtypes: Sequence[Any] | None = None,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
-        super().__init__(padding_tokens, tensor, max_length, output_seq_dim, dtypes=dtypes)
+        super().__init__(padding_tokens, tensor, max_length, output_seq_dim, dtypes=dtypes,
+                         pad_to_multiple_of=pad_to_multiple_of)
         bounds = list(buckets)
         if not bounds or any(not isinstance(b, int) or b < 1 for b in bounds):
             raise ConfigurationError(f"buckets must be positive integers, got {buckets!r}")

@@ -51,8 +51,8 @@ class LengthAwareBatcher(SeqBatcher):
 
     Parameters
     ----------
-    padding_tokens, tensor, max_length, output_seq_dim, dtypes:
-        As for :class:`SeqBatcher`.
+    padding_tokens, tensor, max_length, output_seq_dim, dtypes, pad_to_multiple_of:
+        As for :class:`SeqBatcher` (the cuts count each batch's rounded length).
     call_cost_tokens:
         The fixed cost of one ``predict_batch`` call, in padded tokens: how
         many padding tokens are worth computing to save a call. On a CPU a BERT
@@ -75,8 +75,10 @@ class LengthAwareBatcher(SeqBatcher):
         dtypes: Sequence[Any] | None = None,
         call_cost_tokens: float = 64,
         window: int | None = None,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
-        super().__init__(padding_tokens, tensor, max_length, output_seq_dim, dtypes=dtypes)
+        super().__init__(padding_tokens, tensor, max_length, output_seq_dim, dtypes=dtypes,
+                         pad_to_multiple_of=pad_to_multiple_of)
         if isinstance(call_cost_tokens, bool) or not (
             isinstance(call_cost_tokens, (int, float)) and 0 <= call_cost_tokens < math.inf
         ):
@@ -127,6 +129,8 @@ class LengthAwareBatcher(SeqBatcher):
         """
         count = len(order)
         lengths = [head[i].info.length for i in order]
+        if self.pad_to_multiple_of is not None:  # rounding up keeps them sorted
+            lengths = [self.padded_length(n) for n in lengths]
         rows = [0] * (count + 1)
         for position, i in enumerate(order):
             rows[position + 1] = rows[position] + head[i].info.rows
@@ -185,7 +189,7 @@ class LengthAwareBatcher(SeqBatcher):
             if len(chosen) < limits.max_batch_size and self._fits_with(head, chosen, i, limits):
                 chosen.append(i)
         longest = max(chosen, key=lambda i: head[i].info.length)
-        length = head[longest].info.length
+        length = self.padded_length(head[longest].info.length)  # no longer: no more padding
         for i in sorted(run_of[longest], key=lambda i: -head[i].info.length):
             if len(chosen) >= limits.max_batch_size:
                 break
@@ -212,7 +216,7 @@ class LengthAwareBatcher(SeqBatcher):
         if budget is None:
             return False
         infos = [head[i].info for i in chosen]
-        longest = max(info.length for info in infos)
+        longest = self.padded_length(max(info.length for info in infos))
         return (sum(info.rows for info in infos) + 1) * longest > budget
 
 

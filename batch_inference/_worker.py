@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from ._devices import to_output_device
+from ._memory import release_after_oom
 from ._pipeline import Prefetcher, Prepared
 from ._queue import RequestQueue
 from ._request import Request, settle
+from ._staging import make_stager
 from .batcher.base import Batcher, BatchLimits
 from .errors import OutputMismatchError
 from .stats import StatsRecorder
@@ -132,10 +135,12 @@ class Worker:
         stats: StatsRecorder,
         isolate_failures: bool,
         scheduler: SchedulerPort,
+        output_device: Any = None,
     ) -> None:
         self.index = index
         self._predict = predict_batch
-        self._device = device
+        self._stager = make_stager(device)  # pinned staging on a CUDA device, .to() elsewhere
+        self._output_device = output_device
         self._queue = queue
         self._batcher = batcher
         self._scatter = scatter
@@ -174,9 +179,10 @@ class Worker:
                 else:  # taken by this thread, already started
                     batch = item
                     prepared = self._prepare(batch)
+                item = None  # the prepared batch is referenced from here on by ``prepared`` alone
                 if batch:
                     self._run(prepared, retry=False)
-                batch = []
+                batch, prepared = [], None
                 prefetcher.ran()
             prefetcher.stop()
         except BaseException as error:  # noqa: BLE001 - a dying worker must fail every caller
@@ -186,14 +192,13 @@ class Worker:
             scheduler.worker_finished()
 
     def _prepare(self, requests: list[Request]) -> Prepared:
-        """Gather, pad and stack the requests, and copy them to the device."""
+        """Gather, pad and stack the requests, and stage them on the device."""
         try:
             args, context = self._batcher.batch([r.args for r in requests])
-            if self._device is not None:
-                args = _to_device(args, self._device)
+            args, ready = self._stager.stage(args)
         except Exception as error:
             return Prepared(requests, error=error)
-        return Prepared(requests, args, context)
+        return Prepared(requests, args, context, ready=ready)
 
     def _execute(self, requests: list[Request], retry: bool) -> None:
         self._run(self._prepare(requests), retry)
@@ -204,9 +209,15 @@ class Worker:
         try:
             if prepared.error is not None:
                 raise prepared.error
+            prepared.ready.wait()  # on CUDA: the model's stream waits for the batch's copy
             outputs = self._batcher.run(self._predict, prepared.args)
+            if self._output_device is not None:  # one copy per batch, before it is split
+                outputs = to_output_device(outputs, self._output_device)
         except Exception as error:
             self._record(requests, started_s, retry)
+            if is_out_of_memory(error):  # free the failed batch before the smaller retries
+                prepared.args = ()
+                release_after_oom(error)
             self._recover(requests, error)
             return
         self._record(requests, started_s, retry)
@@ -262,16 +273,3 @@ class Worker:
             size = max(1, min(scheduler.limits().max_batch_size, half)) if oom else half
             self._execute(requests[start : start + size], retry=True)
             start += size
-
-
-def _to_device(value: Any, device: Any) -> Any:
-    """``value`` with every tensor in it (in tuples, lists and dicts too) moved to ``device``."""
-    if hasattr(value, "to") and hasattr(value, "device"):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
-        return type(value)(*(_to_device(v, device) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value

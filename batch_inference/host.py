@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._checks import checked_timeout, non_negative, positional_range, positive_int
+from ._devices import as_device
 from ._fronts import RequestFronts
 from ._scheduler import Scheduler
 from .batcher.base import Batcher, BatchLimits
@@ -49,7 +50,16 @@ class ModelHost(RequestFronts):
     devices:
         One device per worker (e.g. ``["cuda:0", "cuda:1"]``); overrides
         ``num_workers``. ``model_cls`` is built with ``device=<device>`` and the
-        batched tensors are moved to that device before ``predict_batch``.
+        batched tensors are moved to that device before ``predict_batch``: on
+        a CUDA device through reused pinned host buffers on a copy stream of
+        the worker's own, while the previous batch runs. ``model_obj`` (one
+        object) serves one device only.
+    output_device:
+        Where callers get their results, e.g. ``"cpu"``: the batch's outputs
+        are copied there once per batch, before they are split, so that no
+        caller holds device memory. ``None`` (default): results stay where the
+        model left them, and each caller's result is a view into the batch's
+        output, which stays in (GPU) memory while any caller keeps its slice.
     max_queue_size:
         Most requests waiting; beyond it :meth:`predict` raises
         :class:`~batch_inference.errors.QueueFullError` at once, or, with
@@ -88,6 +98,7 @@ class ModelHost(RequestFronts):
         max_queue_size: int | None = None,
         default_timeout_s: float | None = None,
         isolate_failures: bool = True,
+        output_device: Any = None,
         wait_ms: float | None = None,
         wait_n: int | None = None,
         model_args: Sequence[Any] = (),
@@ -111,6 +122,11 @@ class ModelHost(RequestFronts):
         if devices is not None:
             if len(devices) == 0:
                 raise ConfigurationError("devices must name at least one device, got []")
+            if model_obj is not None and len({str(d) for d in devices}) > 1:
+                raise ConfigurationError(
+                    f"model_obj is one object, so it serves one device, got devices={devices!r}: "
+                    "give model_cls to build one model per device"
+                )
             num_workers = len(devices)
         positive_int("num_workers", num_workers)
         if max_queue_size is not None:
@@ -133,6 +149,7 @@ class ModelHost(RequestFronts):
         self.max_queue_size = max_queue_size
         self.default_timeout_s = default_timeout_s
         self.isolate_failures = isolate_failures
+        self.output_device = None if output_device is None else as_device(output_device)
         self.model_args: tuple[Any, ...] = tuple(model_args)
         self.model_kwargs: dict[str, Any] = dict(model_kwargs or {})
         # The one source of the batch settings; a Scheduler holds the current (lowered) copy.
@@ -214,6 +231,7 @@ class ModelHost(RequestFronts):
                 [(model.predict_batch, device) for model, device in zip(self._models, devices)],
                 batcher=self.batcher, limits=limits, stats=self._stats,
                 isolate_failures=self.isolate_failures, max_queue_size=self.max_queue_size,
+                output_device=self.output_device,
             )
             scheduler.start()
             self._scheduler = scheduler

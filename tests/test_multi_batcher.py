@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from batch_inference import ModelHost, OutputMismatchError
-from batch_inference._worker import _to_device
+from batch_inference._staging import make_stager
 from batch_inference.batcher import BucketSeqBatcher, SeqBatcher
 from batch_inference.batcher.multi_batcher import MultiBatcher
 
@@ -194,16 +194,17 @@ def test_bucket_seq_batcher_in_a_host_with_a_device_gets_one_call_per_bucket() -
 
 
 # ----------------------------------------------------------------------------- device copy
-def test_to_device_keeps_lists_tuples_and_namedtuples_and_moves_every_tensor() -> None:
+def test_staging_keeps_lists_tuples_and_namedtuples_and_moves_every_tensor() -> None:
     Pair = namedtuple("Pair", "a b")
     batched = [(torch.ones(2), "text", 3), (Pair(torch.zeros(1), [torch.ones(1)]),)]
 
-    moved = _to_device(batched, "meta")
+    stager = make_stager("meta")
+    moved, _ = stager.stage(batched)
 
     assert type(moved) is list and len(moved) == 2
     first, second = moved
     assert type(first) is tuple and first[0].device.type == "meta" and first[1:] == ("text", 3)
     assert type(second[0]) is Pair
     assert second[0].a.device.type == "meta" and second[0].b[0].device.type == "meta"
-    single = _to_device((torch.ones(1),), "meta")  # the one-tuple form is unchanged
+    single, _ = stager.stage((torch.ones(1),))  # the one-tuple form is unchanged
     assert type(single) is tuple and single[0].device.type == "meta"

@@ -163,7 +163,7 @@ def test_after_stop_returns_true_no_thread_the_host_started_is_alive(ending: str
 
     class Model:
         def predict_batch(self, x: torch.Tensor) -> torch.Tensor:
-            if ending == "broken" and bool((x == 13.0).any()):
+            if ending == "broken" and bool((x == 39.0).any()):  # the last one submitted
                 raise KeyboardInterrupt("the model is interrupted")
             return x * 2
 
@@ -367,3 +367,60 @@ def test_the_scatter_answers_on_its_thread_and_reports_a_fatal_error() -> None:
     scatter.thread.join(WAIT_S)
     assert not scatter.thread.is_alive()
     assert isinstance(items[0].future, Future)
+
+
+# ----------------------------------------------------------------------------- devices
+def test_devices_really_move_the_batch_and_output_device_copies_it_back() -> None:
+    seen: list[str] = []
+
+    class OnMeta:
+        def __init__(self, device: str) -> None:
+            self.device = device
+
+        def predict_batch(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.device.type)  # the batch arrives on the worker's device
+            return torch.zeros(x.shape[0], 3)
+
+    with ModelHost(OnMeta, devices=["meta"], batcher=ConcatBatcher(tensor="pt")) as host:
+        assert host.predict(row(1), timeout=WAIT_S).shape == (1, 3)
+    assert seen == ["meta"]
+
+    with ModelHost(model_obj=FirstCallGated(), output_device="meta") as host:
+        host.models[0].release.set()
+        result = host.predict(row(2), timeout=WAIT_S)
+    assert result.device.type == "meta" and result.shape == (1, 2)
+
+
+def test_one_model_obj_cannot_serve_several_devices_and_a_bad_output_device_is_named() -> None:
+    from batch_inference import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"devices=\['cpu', 'meta'\]"):
+        ModelHost(model_obj=FirstCallGated(), devices=["cpu", "meta"])
+    with pytest.raises(ConfigurationError, match="'nowhere'"):
+        ModelHost(model_obj=FirstCallGated(), output_device="nowhere")
+
+
+@pytest.mark.timeout(60)
+def test_after_out_of_memory_the_failed_batch_is_freed_before_the_retries() -> None:
+    import weakref
+
+    gate = FirstCallGated()
+    failed: list[weakref.ref] = []
+    alive_at_retry: list[bool] = []
+
+    class OutOfMemoryOnBig:
+        def predict_batch(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 2:
+                failed.append(weakref.ref(x))
+                raise MemoryError("out of memory")
+            if failed and not alive_at_retry:
+                alive_at_retry.append(failed[0]() is not None)
+            return gate.predict_batch(x)
+
+    with ModelHost(model_obj=OutOfMemoryOnBig(), max_batch_size=8) as host:
+        first = host.submit(row(0))
+        assert gate.entered.wait(WAIT_S)
+        four = [host.submit(row(i)) for i in range(1, 5)]
+        gate.release.set()
+        assert [f.result(WAIT_S)[0, 0].item() for f in [first, *four]] == [0, 2, 4, 6, 8]
+    assert alive_at_retry == [False]  # the batch of four was gone when its halves ran

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["main", "simulated_limits"]
+__all__ = ["main", "overhead_lines", "simulated_limits"]
 
 
 def simulated_limits(
@@ -47,12 +47,28 @@ def simulated_limits(
     }
 
 
+def overhead_lines(overhead: Any) -> list[str]:
+    """The report's lines for an :class:`~batch_inference.benchmark.overhead.OverheadResult`."""
+    floor = overhead.thread_floor_requests_per_s
+    return [
+        f"  {overhead.threads} threads : {overhead.thread_requests_per_s:10,.0f} requests/s "
+        f"({overhead.thread_requests_per_s / floor:.0%} of the hand-off floor)",
+        f"    hand-off floor, no host: {floor:10,.0f} requests/s",
+        f"  {overhead.tasks} asyncio tasks: {overhead.async_requests_per_s:10,.0f} requests/s",
+        f"  lone caller (medians): {overhead.lone_caller_hosted_ms:.3f} ms through the host, "
+        f"{overhead.lone_caller_direct_ms:.3f} ms calling predict_batch directly; "
+        f"the host adds {overhead.lone_caller_added_ms:.3f} ms",
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--delay-s", type=float, default=1.0,
+                        help="max_delay_s of the bounded LengthAwareBatcher policy")
     parser.add_argument("--no-overhead", action="store_true")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -69,11 +85,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loaded = load_bert("minilm")
     model = BertEmbedding(loaded.model)
     queries = make_queries(random_lengths(args.queries, 1, 64, seed=0), loaded.vocab_size)
-    print(format_environment(environment("quick", weights=loaded.weights)))
+    print(format_environment(environment("report", weights=loaded.weights)))
     print(f"\nworkload: {args.queries} queries, lengths 1..64, {args.clients} client threads, "
           f"{args.repeats} repeats (medians); BucketSeqBatcher buckets: {list(BUCKETS)}",
           flush=True)
-    policies = standard_policies(delay_s=1.0)
+    policies = standard_policies(delay_s=args.delay_s)
     results, ceilings = compare_policies(model, policies, queries, [args.clients],
                                          repeats=args.repeats)
     ceiling = results[0].ceiling_qps
@@ -117,15 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             [sys.executable, "-m", "batch_inference.benchmark.overhead", "--full"],
             check=True, capture_output=True, text=True,
         ).stdout))
-        floor = overhead.thread_floor_requests_per_s
-        print(f"  {overhead.threads} threads : {overhead.thread_requests_per_s:10,.0f} requests/s "
-              f"({overhead.thread_requests_per_s / floor:.0%} of the hand-off floor)")
-        print(f"    hand-off floor, no host: {floor:10,.0f} requests/s")
-        print(f"  {overhead.tasks} asyncio tasks: {overhead.async_requests_per_s:10,.0f} "
-              "requests/s")
-        print(f"  lone caller (medians): {overhead.lone_caller_hosted_ms:.3f} ms through the host, "
-              f"{overhead.lone_caller_direct_ms:.3f} ms calling predict_batch directly; "
-              f"the host adds {overhead.lone_caller_added_ms:.3f} ms")
+        print("\n".join(overhead_lines(overhead)))
         report["overhead"] = overhead.record()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

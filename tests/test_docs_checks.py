@@ -149,8 +149,16 @@ def _payload() -> dict:
             "lengths": [4, 100], "rounds": 3, "rows": rows}
 
 
-def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
-    pytest.importorskip("sphinx")
+def _overhead_payload() -> dict:
+    return {"environment": {"device": "cpu (x86_64, 2 cores)"},
+            "thread_requests_per_s": {"1": 9000.0, "64": 30000.0},
+            "thread_floor_requests_per_s": {"1": 10000.0, "64": 40000.0},
+            "async_requests_per_s": {"1000": 120000.0},
+            "lone_caller_added_ms": 0.05, "lone_caller_direct_ms": 0.002,
+            "lone_caller_hosted_ms": 0.052}
+
+
+def _save_both(tmp_path: Path) -> None:
     import bi_headline
 
     from batch_inference.benchmark.results import RESULTS_DIR_VARIABLE, save_results
@@ -158,6 +166,14 @@ def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(RESULTS_DIR_VARIABLE, str(tmp_path))
         save_results(bi_headline.RESULTS_NAME, _payload())
+        save_results(bi_headline.OVERHEAD_NAME, _overhead_payload())
+
+
+def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+
+    _save_both(tmp_path)
     text = bi_headline.write_headline(tmp_path, executed=True)
     assert (tmp_path / bi_headline.HEADLINE_FILE).read_text() == text
     assert "**266.7 queries/s, 2.67x**" in text
@@ -166,6 +182,32 @@ def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
     assert "median of 3 interleaved runs" in text
     assert len(re.findall(r"^\| (Baseline|Sequence Batcher|Bucket Sequence Batcher) \|", text,
                           flags=re.M)) == 5
+
+
+def test_overhead_quote_is_the_saved_lone_caller_and_top_thread_count(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+
+    _save_both(tmp_path)
+    bi_headline.write_headline(tmp_path, executed=True)
+    text = (tmp_path / bi_headline.OVERHEAD_FILE).read_text()
+    assert "0.052 ms through the host and 0.002 ms calling" in text
+    assert "the host added **0.050 ms**" in text
+    assert "64 client threads got 30,000 requests/s" in text and "75% of a bare" in text
+    assert "cpu (x86_64, 2 cores)" in text and bi_headline.OVERHEAD_DOC in text
+
+
+def test_overhead_results_are_required_after_execution(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+    from sphinx.errors import ExtensionError
+
+    _save_both(tmp_path)
+    (tmp_path / f"{bi_headline.OVERHEAD_NAME}.json").unlink()
+    with pytest.raises(ExtensionError, match=r"overhead.json is missing.*plot_overhead.py"):
+        bi_headline.write_headline(tmp_path, executed=True)
+    bi_headline.write_headline(tmp_path, executed=False)
+    assert (tmp_path / bi_headline.OVERHEAD_FILE).read_text() == bi_headline.NOT_EXECUTED
 
 
 def test_headline_refuses_missing_results_after_execution(tmp_path: Path) -> None:
@@ -194,10 +236,12 @@ def test_stale_results_are_forgotten_before_the_gallery_runs(tmp_path: Path) -> 
     pytest.importorskip("sphinx")
     import bi_headline
 
-    stale = tmp_path / f"{bi_headline.RESULTS_NAME}.json"
-    stale.write_text("{}")
+    stale = [tmp_path / f"{name}.json"
+             for name in (bi_headline.RESULTS_NAME, bi_headline.OVERHEAD_NAME)]
+    for path in stale:
+        path.write_text("{}")
     bi_headline.forget_results(tmp_path)
-    assert not stale.exists()
+    assert not any(path.exists() for path in stale)
 
 
 # ---------------------------------------------------------------- the code on the pages runs

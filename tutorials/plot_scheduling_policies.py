@@ -68,7 +68,7 @@ transformers_logging.disable_progress_bar()
 MODE = run_mode()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = {
-    # On a GPU a call costs about as much as a thousand tokens: batches should be larger.
+    # call_cost_tokens: a guess per device; the cost model fitted below prints this machine's.
     "full": {"model": "bert-base", "queries": 2000, "longest": 128, "clients": [16, 64, 256],
              "repeats": 2, "call_cost_tokens": 1024},
     "quick": {"model": "minilm", "queries": 400, "longest": 64, "clients": [4, 16, 64],

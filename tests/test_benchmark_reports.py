@@ -69,5 +69,5 @@ def test_overhead_lines_quote_the_floor_and_the_lone_caller() -> None:
     assert "30,000 requests/s (75% of the hand-off floor)" in text
     assert "hand-off floor, no host:     40,000 requests/s" in text
     assert "1000 asyncio tasks:    120,000 requests/s" in text
-    assert "0.052 ms through the host, 0.002 ms calling predict_batch directly" in text
-    assert "the host adds 0.050 ms" in text
+    assert "52.0 us through the host, 2.0 us calling predict_batch directly" in text
+    assert "the host adds 50.0 us" in text

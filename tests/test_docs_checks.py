@@ -191,8 +191,8 @@ def test_overhead_quote_is_the_saved_lone_caller_and_top_thread_count(tmp_path: 
     _save_both(tmp_path)
     bi_headline.write_headline(tmp_path, executed=True)
     text = (tmp_path / bi_headline.OVERHEAD_FILE).read_text()
-    assert "0.052 ms through the host and 0.002 ms calling" in text
-    assert "the host added **0.050 ms**" in text
+    assert "52.0 µs through the host and 2.0 µs calling" in text
+    assert "the host added **50.0 µs**" in text
     assert "64 client threads got 30,000 requests/s" in text and "75% of a bare" in text
     assert "cpu (x86_64, 2 cores)" in text and bi_headline.OVERHEAD_DOC in text
 

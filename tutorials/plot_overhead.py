@@ -81,9 +81,9 @@ for n, rps in thread_rps.items():
           f"{rps / floor_rps[n]:.0%} of it)")
 for n, rps in async_rps.items():
     print(f"{n:5d} tasks  : {rps:10,.0f} requests/s")
-print(f"a lone caller (medians): {lone.hosted_s * 1e3:.3f} ms through the host, "
-      f"{lone.direct_s * 1e3:.3f} ms calling predict_batch directly: "
-      f"the host adds {lone_ms:.3f} ms")
+print(f"a lone caller (medians): {lone.hosted_s * 1e6:.1f} µs through the host, "
+      f"{lone.direct_s * 1e6:.1f} µs calling predict_batch directly: "
+      f"the host adds {lone.added_s * 1e6:.1f} µs")
 
 # %%
 # Summary
@@ -96,7 +96,7 @@ pd.DataFrame([
     {"Measure": "host / floor, threads",
      "Value": f"{thread_rps[max(THREADS)] / floor_rps[max(THREADS)]:.0%}"},
     {"Measure": f"requests/s, {max(TASKS)} asyncio tasks", "Value": f"{async_rps[max(TASKS)]:,.0f}"},
-    {"Measure": "added latency, lone caller (median)", "Value": f"{lone_ms:.3f} ms"},
+    {"Measure": "added latency, lone caller (medians)", "Value": f"{lone.added_s * 1e6:.1f} µs"},
 ])
 
 # %%

@@ -55,9 +55,9 @@ def overhead_lines(overhead: Any) -> list[str]:
         f"({overhead.thread_requests_per_s / floor:.0%} of the hand-off floor)",
         f"    hand-off floor, no host: {floor:10,.0f} requests/s",
         f"  {overhead.tasks} asyncio tasks: {overhead.async_requests_per_s:10,.0f} requests/s",
-        f"  lone caller (medians): {overhead.lone_caller_hosted_ms:.3f} ms through the host, "
-        f"{overhead.lone_caller_direct_ms:.3f} ms calling predict_batch directly; "
-        f"the host adds {overhead.lone_caller_added_ms:.3f} ms",
+        f"  lone caller (medians): {overhead.lone_caller_hosted_ms * 1e3:.1f} us through the "
+        f"host, {overhead.lone_caller_direct_ms * 1e3:.1f} us calling predict_batch directly; "
+        f"the host adds {overhead.lone_caller_added_ms * 1e3:.1f} us",
     ]
 
 

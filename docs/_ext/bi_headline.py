@@ -81,10 +81,11 @@ def overhead_markdown(payload: dict[str, Any]) -> str:
     floor = payload["thread_floor_requests_per_s"][threads]
     return (
         f"*Measured when these docs were built* ({env['device']}, with a model that does "
-        f"nothing): a lone caller's median latency was {payload['lone_caller_hosted_ms']:.3f} ms "
-        f"through the host and {payload['lone_caller_direct_ms']:.3f} ms calling "
-        f"`predict_batch` directly, so the host added **{payload['lone_caller_added_ms']:.3f} "
-        f"ms**; {threads} client threads got {rps:,.0f} requests/s through it, "
+        f"nothing): a lone caller's median latency was "
+        f"{payload['lone_caller_hosted_ms'] * 1e3:.1f} µs through the host and "
+        f"{payload['lone_caller_direct_ms'] * 1e3:.1f} µs calling `predict_batch` directly, so "
+        f"the host added **{payload['lone_caller_added_ms'] * 1e3:.1f} µs**; {threads} client "
+        f"threads got {rps:,.0f} requests/s through it, "
         f"{rps / floor:.0%} of a bare hand-off between threads with no host "
         f"({floor:,.0f} requests/s). Details: {{doc}}`the overhead page <{OVERHEAD_DOC}>`.\n"
     )

@@ -30,7 +30,6 @@ __all__ = [
     "PolicyResult",
     "compare_policies",
     "length_sorted_batches",
-    "offline_ceiling_qps",
     "run_policy",
     "simulate_policies",
     "standard_policies",
@@ -146,16 +145,6 @@ def length_sorted_batches(
     return batches
 
 
-def offline_ceiling_qps(
-    predict_batch: Callable[..., Any],
-    batches: Sequence[tuple[Any, ...]],
-    queries: int,
-    synchronize: Callable[[], None] | None = None,
-) -> float:
-    """Queries per second of running the prepared ``batches`` back to back."""
-    return queries / offline_batches(predict_batch, batches, synchronize)
-
-
 def run_policy(
     model: Any,
     policy: Policy,
@@ -235,7 +224,7 @@ def compare_policies(
     runs: dict[tuple[int, str], list[tuple[PolicyResult, float]]] = {}
     steps = [(count, policy) for _ in range(repeats) for count in clients for policy in policies]
     for count, policy in progress(steps, desc, label=lambda s: f"{s[1].name}, {s[0]} clients"):
-        ceilings.append(offline_ceiling_qps(predict, offline, len(queries), synchronize))
+        ceilings.append(len(queries) / offline_batches(predict, offline, synchronize))
         result = run_policy(model, policy, queries, count)
         runs.setdefault((count, policy.name), []).append((result, ceilings[-1]))
     ceiling = statistics.median(ceilings)

@@ -291,3 +291,51 @@ def test_remote_resources_are_reported(tmp_path: Path) -> None:
     problems = remote_resource_problems(tmp_path)
     assert len(problems) == 3
     assert all(p.startswith("sub/bad.html loads a remote resource: ") for p in problems)
+
+
+def test_every_generated_include_is_written_by_the_build() -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+
+    written = {file_name for _, file_name, _, _ in bi_headline.GENERATED}
+    included = {
+        match
+        for page in DOCS.rglob("*.md")
+        if "_build" not in page.parts and "_generated" not in page.parts
+        for match in re.findall(r"^```\{include\} _generated/(\S+)$", page.read_text(),
+                                flags=re.M)
+    }
+    assert included == written  # {"headline.md", "overhead.md"}: each quoted, each written
+
+
+# ---------------------------------------------------------------- no hand-typed speed claims
+#: A timing or rate typed into prose (``12 ms``, ``3.5x``, ``40%``, ``900 requests/s``), or a
+#: sweeping speed claim. Measured figures reach the pages through docs/_generated instead.
+SPEED_CLAIM = re.compile(
+    r"\b\d[\d,.]*\s*(?:ms|µs|us|seconds?|s|x|%|queries/s|requests/s)(?![\w-])"
+    r"|\bfar (?:less|more|fewer|faster|slower)\b|\bwell under\b|\btimes (?:faster|the time)\b"
+    r"|\bmuch (?:faster|slower)\b",
+    flags=re.I,
+)
+
+
+def _prose(text: str) -> str:
+    """Markdown without its code fences and inline code (code may hold any number)."""
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+
+
+def test_speed_claim_pattern_catches_typed_figures() -> None:
+    for claim in ("well under a millisecond", "in 12 ms", "3.5x the throughput", "at 40%",
+                  "900 requests/s", "in far less time", "32 times the time of one"):
+        assert SPEED_CLAIM.search(_prose(claim)), claim
+    for fine in ("`max_delay_s=0.5`", "buckets `[16, 32, 64]`", "Python 3.11", "a batch of 32",
+                 "```python\nx = 5  # 5 ms\n```\n"):
+        assert not SPEED_CLAIM.search(_prose(fine)), fine
+
+
+def test_pages_type_no_speed_figures_by_hand() -> None:
+    pages = [p for p in DOCS.rglob("*.md") if "_build" not in p.parts
+             and "_generated" not in p.parts] + [ROOT / "README.md"]
+    claims = [f"{page.relative_to(ROOT)}: {match.group(0)!r}"
+              for page in pages for match in SPEED_CLAIM.finditer(_prose(page.read_text()))]
+    assert claims == []

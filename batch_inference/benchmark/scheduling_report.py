@@ -20,7 +20,10 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .overhead import OverheadResult
 
 __all__ = ["main", "overhead_lines", "simulated_limits"]
 
@@ -47,7 +50,7 @@ def simulated_limits(
     }
 
 
-def overhead_lines(overhead: Any) -> list[str]:
+def overhead_lines(overhead: OverheadResult) -> list[str]:
     """The report's lines for an :class:`~batch_inference.benchmark.overhead.OverheadResult`."""
     floor = overhead.thread_floor_requests_per_s
     return [

@@ -149,8 +149,16 @@ def _payload() -> dict:
             "lengths": [4, 100], "rounds": 3, "rows": rows}
 
 
-def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
-    pytest.importorskip("sphinx")
+def _overhead_payload() -> dict:
+    return {"environment": {"device": "cpu (x86_64, 2 cores)"},
+            "thread_requests_per_s": {"1": 9000.0, "64": 30000.0},
+            "thread_floor_requests_per_s": {"1": 10000.0, "64": 40000.0},
+            "async_requests_per_s": {"1000": 120000.0},
+            "lone_caller_added_ms": 0.05, "lone_caller_direct_ms": 0.002,
+            "lone_caller_hosted_ms": 0.052}
+
+
+def _save_both(tmp_path: Path) -> None:
     import bi_headline
 
     from batch_inference.benchmark.results import RESULTS_DIR_VARIABLE, save_results
@@ -158,6 +166,14 @@ def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(RESULTS_DIR_VARIABLE, str(tmp_path))
         save_results(bi_headline.RESULTS_NAME, _payload())
+        save_results(bi_headline.OVERHEAD_NAME, _overhead_payload())
+
+
+def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+
+    _save_both(tmp_path)
     text = bi_headline.write_headline(tmp_path, executed=True)
     assert (tmp_path / bi_headline.HEADLINE_FILE).read_text() == text
     assert "**266.7 queries/s, 2.67x**" in text
@@ -166,6 +182,32 @@ def test_headline_quotes_the_saved_numbers(tmp_path: Path) -> None:
     assert "median of 3 interleaved runs" in text
     assert len(re.findall(r"^\| (Baseline|Sequence Batcher|Bucket Sequence Batcher) \|", text,
                           flags=re.M)) == 5
+
+
+def test_overhead_quote_is_the_saved_lone_caller_and_top_thread_count(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+
+    _save_both(tmp_path)
+    bi_headline.write_headline(tmp_path, executed=True)
+    text = (tmp_path / bi_headline.OVERHEAD_FILE).read_text()
+    assert "52.0 µs through the host and 2.0 µs calling" in text
+    assert "the host added **50.0 µs**" in text
+    assert "64 client threads got 30,000 requests/s" in text and "75% of a bare" in text
+    assert "cpu (x86_64, 2 cores)" in text and bi_headline.OVERHEAD_DOC in text
+
+
+def test_overhead_results_are_required_after_execution(tmp_path: Path) -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+    from sphinx.errors import ExtensionError
+
+    _save_both(tmp_path)
+    (tmp_path / f"{bi_headline.OVERHEAD_NAME}.json").unlink()
+    with pytest.raises(ExtensionError, match=r"overhead.json is missing.*plot_overhead.py"):
+        bi_headline.write_headline(tmp_path, executed=True)
+    bi_headline.write_headline(tmp_path, executed=False)
+    assert (tmp_path / bi_headline.OVERHEAD_FILE).read_text() == bi_headline.NOT_EXECUTED
 
 
 def test_headline_refuses_missing_results_after_execution(tmp_path: Path) -> None:
@@ -194,10 +236,12 @@ def test_stale_results_are_forgotten_before_the_gallery_runs(tmp_path: Path) -> 
     pytest.importorskip("sphinx")
     import bi_headline
 
-    stale = tmp_path / f"{bi_headline.RESULTS_NAME}.json"
-    stale.write_text("{}")
+    stale = [tmp_path / f"{name}.json"
+             for name in (bi_headline.RESULTS_NAME, bi_headline.OVERHEAD_NAME)]
+    for path in stale:
+        path.write_text("{}")
     bi_headline.forget_results(tmp_path)
-    assert not stale.exists()
+    assert not any(path.exists() for path in stale)
 
 
 # ---------------------------------------------------------------- the code on the pages runs
@@ -247,3 +291,51 @@ def test_remote_resources_are_reported(tmp_path: Path) -> None:
     problems = remote_resource_problems(tmp_path)
     assert len(problems) == 3
     assert all(p.startswith("sub/bad.html loads a remote resource: ") for p in problems)
+
+
+def test_every_generated_include_is_written_by_the_build() -> None:
+    pytest.importorskip("sphinx")
+    import bi_headline
+
+    written = {file_name for _, file_name, _, _ in bi_headline.GENERATED}
+    included = {
+        match
+        for page in DOCS.rglob("*.md")
+        if "_build" not in page.parts and "_generated" not in page.parts
+        for match in re.findall(r"^```\{include\} _generated/(\S+)$", page.read_text(),
+                                flags=re.M)
+    }
+    assert included == written  # {"headline.md", "overhead.md"}: each quoted, each written
+
+
+# ---------------------------------------------------------------- no hand-typed speed claims
+#: A timing or rate typed into prose (``12 ms``, ``3.5x``, ``40%``, ``900 requests/s``), or a
+#: sweeping speed claim. Measured figures reach the pages through docs/_generated instead.
+SPEED_CLAIM = re.compile(
+    r"\b\d[\d,.]*\s*(?:ms|µs|us|seconds?|s|x|%|queries/s|requests/s)(?![\w-])"
+    r"|\bfar (?:less|more|fewer|faster|slower)\b|\bwell under\b|\btimes (?:faster|the time)\b"
+    r"|\bmuch (?:faster|slower)\b",
+    flags=re.I,
+)
+
+
+def _prose(text: str) -> str:
+    """Markdown without its code fences and inline code (code may hold any number)."""
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+
+
+def test_speed_claim_pattern_catches_typed_figures() -> None:
+    for claim in ("well under a millisecond", "in 12 ms", "3.5x the throughput", "at 40%",
+                  "900 requests/s", "in far less time", "32 times the time of one"):
+        assert SPEED_CLAIM.search(_prose(claim)), claim
+    for fine in ("`max_delay_s=0.5`", "buckets `[16, 32, 64]`", "Python 3.11", "a batch of 32",
+                 "```python\nx = 5  # 5 ms\n```\n"):
+        assert not SPEED_CLAIM.search(_prose(fine)), fine
+
+
+def test_pages_type_no_speed_figures_by_hand() -> None:
+    pages = [p for p in DOCS.rglob("*.md") if "_build" not in p.parts
+             and "_generated" not in p.parts] + [ROOT / "README.md"]
+    claims = [f"{page.relative_to(ROOT)}: {match.group(0)!r}"
+              for page in pages for match in SPEED_CLAIM.finditer(_prose(page.read_text()))]
+    assert claims == []

@@ -14,7 +14,7 @@ from batch_inference.benchmark.overhead import (
     NoOpModel,
     async_requests_per_s,
     handoff_floor_requests_per_s,
-    lone_caller_added_s,
+    lone_caller_latency,
     thread_requests_per_s,
 )
 from batch_inference.benchmark.scheduling import (
@@ -22,6 +22,7 @@ from batch_inference.benchmark.scheduling import (
     compare_policies,
     length_sorted_batches,
     run_policy,
+    standard_policies,
 )
 
 
@@ -87,10 +88,12 @@ def test_overhead_figures_are_measured() -> None:
     assert NoOpModel().predict_batch(7) == 7
     assert thread_requests_per_s(threads=4, requests=400) > 0
     assert async_requests_per_s(tasks=8, requests=400) > 0
-    added_s = lone_caller_added_s(calls=50)
-    assert added_s > -0.01  # a host call is not faster than a direct one by more than noise
-    with pytest.raises(ConfigurationError, match="calls"):
-        lone_caller_added_s(calls=0)
+    lone = lone_caller_latency(calls=50)
+    assert lone.direct_s > 0 and lone.hosted_s > 0
+    assert lone.added_s == lone.hosted_s - lone.direct_s
+    assert lone.added_s > -0.01  # a host call is not faster than a direct one by more than noise
+    with pytest.raises(ConfigurationError, match="got 0"):
+        lone_caller_latency(calls=0)
 
 
 @pytest.mark.timeout(60)
@@ -112,3 +115,16 @@ def test_policy_result_record_is_plain(tmp_path: Any) -> None:
                         warmup=0)
     text = json.dumps(result.record())
     assert json.loads(text)["policy"] == "seq"
+
+
+def test_standard_policies_names_batchers_and_delay() -> None:
+    plain = standard_policies(16, call_cost_tokens=128)
+    assert [p.name for p in plain] == ["SeqBatcher", "BucketSeqBatcher", "LengthAwareBatcher"]
+    assert all(p.max_batch_size == 16 and p.max_delay_s == 0.0 for p in plain)
+    assert isinstance(plain[0].batcher, SeqBatcher)
+    assert plain[1].batcher.buckets == [16, 32, 64]
+    assert plain[2].batcher.call_cost_tokens == 128
+    delayed = standard_policies(delay_s=0.25)
+    assert delayed[-1].name == "LengthAwareBatcher, max_delay_s=0.25"
+    assert delayed[-1].max_delay_s == 0.25
+    assert isinstance(delayed[-1].batcher, LengthAwareBatcher)

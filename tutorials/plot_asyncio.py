@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from batch_inference import ModelHost, RequestTimeoutError
-from batch_inference.benchmark import environment, format_environment, run_mode
+from batch_inference.benchmark import environment, format_environment, progress, run_mode
 
 MODE = run_mode()
 print(format_environment(environment(MODE, weights="a random 2-layer MLP (32 -> 64 -> 8)")))
@@ -109,14 +109,21 @@ async def serve_all(batched: bool) -> dict:
             "wall_s": wall_s, "max_lag_s": max(lags)}
 
 
-async def main() -> dict:
-    runs = {"direct call in the handler": await serve_all(batched=False)}
+async def measured(batched: bool) -> dict:
+    if not batched:
+        return await serve_all(batched=False)
     async with host:  # start() on entry, stop() (drain) on exit
         await serve_all(batched=True)  # warm-up
         calls_before = len(model.batch_sizes)
-        runs["await host.predict_async"] = await serve_all(batched=True)
-    runs["await host.predict_async"]["batch_sizes"] = model.batch_sizes[calls_before:]
-    return runs
+        run = await serve_all(batched=True)
+    run["batch_sizes"] = model.batch_sizes[calls_before:]
+    return run
+
+
+async def main() -> dict:
+    handlers = [("direct call in the handler", False), ("await host.predict_async", True)]
+    return {name: await measured(batched)
+            for name, batched in progress(handlers, "handler runs", label=lambda h: h[0])}
 
 
 runs = asyncio.run(main())
@@ -168,3 +175,4 @@ ax.set_ylabel("share of requests answered")
 ax.set_title(f"{REQUESTS} concurrent requests through an asyncio handler")
 ax.legend(loc="lower right")
 fig.tight_layout()
+plt.show()

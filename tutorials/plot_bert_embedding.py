@@ -29,7 +29,9 @@ Two sizes, chosen once from the hardware (``batch_inference.benchmark.run_mode``
   weights (a 6-layer BERT), 64 clients, so the docs build stays short.
 
 Each method runs three times, interleaved with the others; the table shows
-each method's median run.
+each method's median run. Every run's first answers are compared with the
+model run on each query alone: a difference beyond the tolerance printed below
+stops the page with an error (and so fails the docs build).
 
 Set ``BATCH_INFERENCE_MODE=quick`` or ``BATCH_INFERENCE_MODE=full`` to choose,
 e.g. ``BATCH_INFERENCE_MODE=full python tutorials/plot_bert_embedding.py``.
@@ -79,12 +81,16 @@ SIZES = {
 ROUNDS = 3  # each method runs this many times, interleaved; its median run is reported
 BUCKETS = [16, 32, 64]
 CHECKED = 32  # answers compared with the model run on each query alone
+# Largest absolute difference allowed between a batched answer and the answer alone: float32
+# rounding differs with the shape of the batch (more so between a GPU's shape-tuned kernels).
+TOLERANCE = 1e-4 if DEVICE == "cpu" else 1e-3
 SHORTEST, LONGEST = 4, 100  # query lengths in tokens: every bucket gets queries
 
 loaded = load_bert(SIZES["model"], device=DEVICE)
 model = BertEmbedding(loaded.model, device=DEVICE)
 env = environment(MODE, weights=loaded.weights, queries=SIZES["queries"],
-                  clients=SIZES["clients"], rounds=ROUNDS)
+                  clients=SIZES["clients"], rounds=ROUNDS,
+                  **{"tolerance (batched vs alone)": TOLERANCE})
 print(format_environment(env))
 
 # %%
@@ -108,6 +114,7 @@ ax.set_xlabel("query length (tokens); dashed: bucket edges 16 | 32 | 64")
 ax.set_ylabel("queries")
 ax.set_title(f"Lengths of the {len(lengths)} queries")
 fig.tight_layout()
+plt.show()
 
 # %%
 # The methods
@@ -119,7 +126,8 @@ fig.tight_layout()
 # average batch size and the padding are read from ``host.stats()`` over the
 # measured run only. Every run also checks the answers of its first queries
 # against the model run on each query alone: batching must not change what a
-# caller gets (each output trimmed back to its own length). The reference
+# caller gets (each output trimmed back to its own length, equal within
+# ``TOLERANCE``); a run that fails the check raises, and the page stops. The reference
 # answers and the comparisons are computed on a thread of their own
 # (:func:`~batch_inference.benchmark.on_own_thread`): on a CPU, torch work on
 # the main thread would leave an OpenMP team behind that slows every later
@@ -129,11 +137,21 @@ alone = on_own_thread(lambda: [model.predict_batch(*query) for query in queries[
 max_errors = [0.0]
 
 
-def check(outputs: list) -> None:
+class BatchedAnswerDiffers(AssertionError):
+    """A batched answer is not the answer the model gives for that query alone."""
+
+
+def check(method: str, outputs: list) -> None:
     def compare() -> None:  # tensor maths: off the main thread too
-        for got, expected in zip(outputs, alone):
-            assert got.shape == expected.shape, (got.shape, expected.shape)
-            max_errors.append(float((got - expected).abs().max()))
+        for i, (got, expected) in enumerate(zip(outputs, alone)):
+            if got.shape != expected.shape:
+                raise BatchedAnswerDiffers(f"{method}: query {i} got shape {tuple(got.shape)}, "
+                                           f"alone {tuple(expected.shape)}")
+            error = float((got - expected).abs().max())
+            if not error <= TOLERANCE:  # NaN fails too
+                raise BatchedAnswerDiffers(f"{method}: query {i} differs from its answer alone "
+                                           f"by {error:.2e}, over the tolerance {TOLERANCE:.0e}")
+            max_errors.append(error)
 
     on_own_thread(compare)
     outputs.clear()  # checked; do not hold every embedding in memory
@@ -142,7 +160,7 @@ def check(outputs: list) -> None:
 def baseline() -> MethodResult:
     closed_loop(model.predict_batch, warmup, clients=2)
     load = closed_loop(model.predict_batch, queries, clients=2, keep_outputs=True)
-    check(load.outputs)
+    check("Baseline", load.outputs)
     return MethodResult("Baseline", load, None, 1.0)
 
 
@@ -151,7 +169,7 @@ def batched(name: str, batcher, max_batch_size: int):
         with ModelHost(model_obj=model, batcher=batcher, max_batch_size=max_batch_size) as host:
             result = measure_host(name, host, queries, SIZES["clients"], warmup=warmup,
                                   keep_outputs=True)
-        check(result.load.outputs)
+        check(f"{name} (max batch {max_batch_size})", result.load.outputs)
         return result
     return run
 
@@ -170,15 +188,17 @@ methods = [
 # -------
 # Every method runs ``ROUNDS`` times, interleaved (round 1 runs all five, then
 # round 2...), so a slow phase of the machine hits every method alike; each
-# method's median run is reported.
+# method's median run is reported. Run on its own from a terminal, the page
+# shows a progress bar on stderr, one step per measured run (the docs build
+# shows none).
 
-results = median_of_rounds(methods, ROUNDS)
+results = median_of_rounds(methods, ROUNDS, desc="BERT runs")
 for r in results:
     setting = "" if r.max_batch_size is None else f" (max batch {r.max_batch_size})"
     print(f"{r.method}{setting}: median {r.load.wall_s:.2f} s for {r.load.queries} queries, "
           f"avg batch {r.mean_batch_size:.2f}, padding efficiency {r.padding_efficiency:.0%}")
 print(f"first {CHECKED} answers of every run, batched vs alone: "
-      f"largest difference {max(max_errors):.1e}")
+      f"largest difference {max(max_errors):.1e} (tolerance {TOLERANCE:.0e})")
 
 # %%
 # Results
@@ -226,6 +246,7 @@ ax.set_ylabel("queries / s (higher is better)")
 ax.set_title(f"{SIZES['queries']} queries, {SIZES['clients']} clients, {MODE} mode, {DEVICE}")
 ax.margins(y=0.15)
 fig.tight_layout()
+plt.show()
 
 # %%
 # The docs build quotes these results on the home page: they are saved as
@@ -238,5 +259,7 @@ saved_to = save_results("bert_embedding", {
     "weights": loaded.weights,
     "lengths": [SHORTEST, LONGEST],
     "rounds": ROUNDS,
+    "tolerance": TOLERANCE,
+    "largest_difference": max(max_errors),
     "rows": records,
 })

@@ -45,6 +45,7 @@ from batch_inference.benchmark import (
     environment,
     format_environment,
     on_own_thread,
+    progress,
     run_mode,
     stats_between,
 )
@@ -165,8 +166,9 @@ def largest_difference(outputs: list, expected: list) -> float:
 
 
 rows = []
-for name, batcher in [("any sizes together", ImageBatcher()),
-                      ("64-pixel size classes", ImageBatcher(size_class=64))]:
+setups = [("any sizes together", ImageBatcher()),
+          ("64-pixel size classes", ImageBatcher(size_class=64))]
+for name, batcher in progress(setups, "batcher runs", label=lambda setup: setup[0]):
     with ModelHost(model_obj=model, batcher=batcher, max_batch_size=16) as host:
         closed_loop(host.predict, images[:32], clients=16)  # warm-up
         before = host.stats()
@@ -221,3 +223,4 @@ axes[0, 0].set_ylabel("request")
 axes[1, 0].set_ylabel("result")
 fig.suptitle("Images of different sizes, batched together, each cropped back")
 fig.tight_layout()
+plt.show()

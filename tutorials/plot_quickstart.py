@@ -30,7 +30,13 @@ import pandas as pd
 import torch
 
 from batch_inference import batching
-from batch_inference.benchmark import closed_loop, environment, format_environment, run_mode
+from batch_inference.benchmark import (
+    closed_loop,
+    environment,
+    format_environment,
+    progress,
+    run_mode,
+)
 
 MODE = run_mode()
 print(format_environment(environment(MODE, weights="a random torch.nn.Linear(16, 4)")))
@@ -65,7 +71,7 @@ phases = []
 with TinyModel.host() as host:
     model = host.models[0]
     started_s = time.monotonic()
-    for clients in (1, 4, 16, 64):
+    for clients in progress((1, 4, 16, 64), "load phases", label=lambda n: f"{n} clients"):
         queries = [(torch.randn(1, 16, generator=generator),) for _ in range(25 * clients)]
         first_call = len(model.calls)
         load = closed_loop(host.predict, queries, clients, keep_outputs=True)
@@ -119,3 +125,4 @@ ax.set_xlabel("time since the host started (s)")
 ax.set_ylabel("requests in the batch")
 ax.set_title("Batches form by themselves as the load grows (max_batch_size=32)")
 fig.tight_layout()
+plt.show()

@@ -51,7 +51,7 @@ from batch_inference import (
     RequestTimeoutError,
 )
 from batch_inference.batcher import SeqBatcher
-from batch_inference.benchmark import environment, format_environment, run_mode
+from batch_inference.benchmark import environment, format_environment, progress, run_mode
 
 MODE = run_mode()
 print(format_environment(environment(MODE, weights="none (toy models defined on this page)")))
@@ -416,7 +416,8 @@ setups = {
     "max_queue_size=64, wait_for_queue": (64, True),
 }
 asyncio.run(burst(64, False))  # warm-up
-runs = {name: asyncio.run(burst(*args)) for name, args in setups.items()}
+runs = {name: asyncio.run(burst(*args))
+        for name, args in progress(list(setups.items()), "bursts", label=lambda s: s[0])}
 
 rows = []
 for name, run in runs.items():
@@ -457,3 +458,4 @@ fig.legend(handles=[plt.Line2D([], [], marker="o", linestyle="", color=color, la
                     for kind, color in colors.items()], loc="lower center", ncols=3)
 fig.suptitle(f"A burst of {BURST} callers, {TIMEOUT_S * 1e3:.0f} ms timeout each")
 fig.tight_layout(rect=(0, 0.08, 1, 1))
+plt.show()

@@ -48,7 +48,6 @@ import torch
 from matplotlib.patches import Patch
 from transformers.utils import logging as transformers_logging
 
-from batch_inference.batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
 from batch_inference.benchmark import environment, format_environment, run_mode, save_results
 from batch_inference.benchmark.bert import (
     BertEmbedding,
@@ -58,10 +57,10 @@ from batch_inference.benchmark.bert import (
     random_lengths,
 )
 from batch_inference.benchmark.scheduling import (
-    Policy,
     compare_policies,
     run_policy,
     simulate_policies,
+    standard_policies,
 )
 from batch_inference.benchmark.simulate import fit_cost_model
 
@@ -69,7 +68,7 @@ transformers_logging.disable_progress_bar()
 MODE = run_mode()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = {
-    # On a GPU a call costs about as much as a thousand tokens: batches should be larger.
+    # call_cost_tokens: a guess per device; the cost model fitted below prints this machine's.
     "full": {"model": "bert-base", "queries": 2000, "longest": 128, "clients": [16, 64, 256],
              "repeats": 2, "call_cost_tokens": 1024},
     "quick": {"model": "minilm", "queries": 400, "longest": 64, "clients": [4, 16, 64],
@@ -90,18 +89,13 @@ queries = make_queries(lengths, loaded.vocab_size, seed=0)
 # %%
 # The policies
 # ------------
-# One :class:`~batch_inference.benchmark.scheduling.Policy` per batcher, all
-# with the host's defaults otherwise (``max_delay_s=0``: a batch starts as
-# soon as the model is free).
+# One :class:`~batch_inference.benchmark.scheduling.Policy` per batcher
+# (:func:`~batch_inference.benchmark.scheduling.standard_policies`), all with
+# the host's defaults otherwise (``max_delay_s=0``: a batch starts as soon as
+# the model is free).
 
-policies = [
-    Policy("SeqBatcher", SeqBatcher([0, 0], tensor="pt"), MAX_BATCH_SIZE),
-    Policy("BucketSeqBatcher", BucketSeqBatcher([0, 0], [16, 32, 64], tensor="pt"),
-           MAX_BATCH_SIZE),
-    Policy("LengthAwareBatcher",
-           LengthAwareBatcher([0, 0], tensor="pt", call_cost_tokens=SIZES["call_cost_tokens"]),
-           MAX_BATCH_SIZE),
-]
+policies = standard_policies(MAX_BATCH_SIZE, call_cost_tokens=SIZES["call_cost_tokens"])
+print("policies:", ", ".join(p.name for p in policies))
 
 # %%
 # Measure
@@ -109,7 +103,9 @@ policies = [
 # Every policy run (a fresh host, a warm-up, then all the queries) comes right
 # after a run of the ceiling (the same queries sorted by length, in padded
 # batches of 32, back to back), and is compared with it: a disturbance of the
-# machine hits both alike. With several repeats, medians are shown.
+# machine hits both alike. With several repeats, medians are shown. Run on
+# its own from a terminal, the page shows a progress bar on stderr, one step
+# per measured run (the docs build shows none).
 
 results, ceilings = compare_policies(
     model, policies, queries, SIZES["clients"], ceiling_batch_size=MAX_BATCH_SIZE,
@@ -160,10 +156,9 @@ print(f"{top} clients: LengthAwareBatcher {aware.qps:.1f} queries/s "
 # concurrency, in a run of its own:
 
 DELAY_S = round(3 * aware.max_model_ms / 1e3, 2)
-bounded = run_policy(model, Policy(
-    "LengthAwareBatcher, bounded",
-    LengthAwareBatcher([0, 0], tensor="pt", call_cost_tokens=SIZES["call_cost_tokens"]),
-    MAX_BATCH_SIZE, max_delay_s=DELAY_S), queries, top)
+bounded_policy = standard_policies(MAX_BATCH_SIZE, call_cost_tokens=SIZES["call_cost_tokens"],
+                                   delay_s=DELAY_S)[-1]
+bounded = run_policy(model, bounded_policy, queries, top)
 bound_ms = DELAY_S * 1e3 + bounded.max_model_ms
 verdict = "within" if bounded.max_queue_wait_ms <= bound_ms else "OVER"
 print(f"max_delay_s={DELAY_S}: {bounded.qps:.1f} queries/s; the longest a request waited for "
@@ -196,6 +191,7 @@ for ax, title in ((ax_p50, "median latency"), (ax_p99, "99th-percentile latency"
 ax_p50.legend(fontsize=8)
 fig.suptitle(f"{SIZES['queries']} queries, {MODE} mode, {DEVICE}; labels: client threads")
 fig.tight_layout()
+plt.show()
 
 # %%
 # Percentage of the ceiling
@@ -212,6 +208,7 @@ ax.axhline(100, color="black", linestyle="--", linewidth=1)
 ax.set_ylabel("% of the offline ceiling")
 ax.legend(fontsize=8, loc="lower right")
 fig.tight_layout()
+plt.show()
 
 # %%
 # Each policy's own limit
@@ -284,6 +281,7 @@ ax.legend(handles=[Patch(color="#8c8c8c", label="measured"),
                          label="simulated (no host)")],
           fontsize=8, loc="lower right")
 fig.tight_layout()
+plt.show()
 
 # %%
 # The figures are saved for the docs build (when ``$BATCH_INFERENCE_RESULTS_DIR``

@@ -1,6 +1,6 @@
 """Measuring helpers shared by the tutorials and benchmarks (tested in ``tests/``).
 
-Nothing here imports pandas, matplotlib or transformers at import time.
+Nothing here imports pandas, matplotlib, tqdm or transformers at import time.
 """
 
 from .compare import (
@@ -13,6 +13,7 @@ from .compare import (
 )
 from .load import LoadResult, async_closed_loop, closed_loop, offline_batches, on_own_thread
 from .mode import answer_tolerance, environment, format_environment, model_dtype, run_mode
+from .progress_bar import progress, progress_enabled
 from .results import load_results, save_results
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "model_dtype",
     "offline_batches",
     "on_own_thread",
+    "progress",
+    "progress_enabled",
     "run_mode",
     "save_results",
     "stats_between",

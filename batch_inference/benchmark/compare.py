@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..stats import BatchFigures, HostStats
 from .load import LoadResult, closed_loop
+from .progress_bar import progress
 
 __all__ = [
     "MethodResult",
@@ -142,21 +143,23 @@ def measure_host(
 
 
 def median_of_rounds(
-    runs: Sequence[Callable[[], MethodResult]], rounds: int
+    runs: Sequence[Callable[[], MethodResult]], rounds: int, desc: str = "measured runs"
 ) -> list[MethodResult]:
     """Run every method ``rounds`` times, interleaved; keep each one's median run.
 
     Round 1 runs every callable once, in order, then round 2, and so on, so a
     slow phase of a shared machine hits every method alike. For each callable
     the result with the median wall time is returned (the lower median for an
-    even ``rounds``), in the order of ``runs``.
+    even ``rounds``), in the order of ``runs``. Run from a terminal, a bar
+    named ``desc`` counts the runs on stderr
+    (:func:`~batch_inference.benchmark.progress_bar.progress`).
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ConfigurationError(f"rounds must be a positive integer, got {rounds!r}")
     seen: list[list[MethodResult]] = [[] for _ in runs]
-    for _ in range(rounds):
-        for results, run in zip(seen, runs):
-            results.append(run())
+    steps = [(r, i) for r in range(rounds) for i in range(len(runs))]
+    for _, i in progress(steps, desc, label=lambda step: f"round {step[0] + 1}/{rounds}"):
+        seen[i].append(runs[i]())
     return [sorted(results, key=lambda r: r.load.wall_s)[(rounds - 1) // 2]
             for results in seen]
 

@@ -1,124 +1,77 @@
-"""The batching core's closing figures: BERT throughput per batcher, and a lone caller's cost.
+"""The batching core's figures, printed: BERT throughput per batcher, and a lone caller's cost.
 
-Run ``python -m batch_inference.benchmark.core_report``. On this machine's CPU
-it measures, side by side in one run, after a warm-up:
+Run ``python -m batch_inference.benchmark.core_report`` (``--help`` for options).
+It measures, side by side in one run, after a warm-up:
 
 * queries/s of MiniLM (``all-MiniLM-L6-v2``) on random-length queries (1..64
   tokens) for the baseline (2 threads calling ``predict_batch`` directly, one
   query at a time), for ``SeqBatcher`` and for ``BucketSeqBatcher([16, 32, 64])``
-  (``max_batch_size=32``, 64 client threads); the median over ``repeats``
-  rounds, the methods taking turns within each round;
-* the median latency a lone caller adds by going through a host, with a model
-  that does nothing: median of ``host.predict`` minus median of a direct
-  ``predict_batch`` call, over interleaved blocks of sequential calls.
+  (``max_batch_size=32``, 64 client threads); each method's median run over
+  ``--repeats`` rounds, the methods taking turns within each round
+  (:func:`~batch_inference.benchmark.median_of_rounds`);
+* a lone caller's median latency through a host and through ``predict_batch``
+  itself, with a model that does nothing
+  (:func:`~batch_inference.benchmark.overhead.lone_caller_latency`).
 
-Imports ``transformers`` (through :mod:`batch_inference.benchmark.bert`) only
-when run.
+A progress bar on stderr counts the measured runs when stderr is a terminal
+(:func:`~batch_inference.benchmark.progress_bar.progress`). Imports ``transformers``
+(through :mod:`batch_inference.benchmark.bert`) only when run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..batcher import BucketSeqBatcher, SeqBatcher
 from ..batcher.base import Batcher
 from ..host import ModelHost
+from .compare import MethodResult, comparison_table, measure_host, median_of_rounds
 from .load import closed_loop
 from .mode import environment, format_environment
+from .overhead import lone_caller_latency
+
+__all__ = ["bert_throughput", "main"]
 
 BUCKETS = [16, 32, 64]
-
-
-class DoNothing:
-    """``predict_batch(x) -> x``."""
-
-    def predict_batch(self, x: Any) -> Any:
-        return x
-
-
-def _host_qps(model: Any, batcher: Batcher, queries: Sequence, clients: int,
-              max_batch_size: int) -> tuple[float, float]:
-    """Queries/s through a host, and its mean batch size."""
-    with ModelHost(model_obj=model, batcher=batcher, max_batch_size=max_batch_size) as host:
-        result = closed_loop(host.predict, queries, clients=clients)
-        return result.qps, host.stats().mean_batch_size
 
 
 def bert_throughput(
     queries: int = 400, clients: int = 64, max_batch_size: int = 32, repeats: int = 3,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Rows ``{method, max batch size, avg batch size, queries/s, speed-up}``."""
+    """One :func:`~batch_inference.benchmark.comparison_table` record per method."""
     from .bert import BertEmbedding, load_bert, make_queries, random_lengths
 
     loaded = load_bert("minilm")
     model = BertEmbedding(loaded.model)
     work = make_queries(random_lengths(queries, 1, 64, seed=seed), loaded.vocab_size, seed=seed)
-    methods: dict[str, Callable[[], tuple[float, float]]] = {
-        "Baseline (2 threads, predict_batch)": lambda: (
-            closed_loop(model.predict_batch, work, clients=2).qps, 1.0),
-        "SeqBatcher": lambda: _host_qps(
-            model, SeqBatcher([0, 0], tensor="pt"), work, clients, max_batch_size),
-        "BucketSeqBatcher([16, 32, 64])": lambda: _host_qps(
-            model, BucketSeqBatcher([0, 0], BUCKETS, tensor="pt"), work, clients,
-            max_batch_size),
-    }
-    warm = work[: min(64, len(work))]
-    closed_loop(model.predict_batch, warm, clients=2)
-    for batcher in (SeqBatcher([0, 0], tensor="pt"), BucketSeqBatcher([0, 0], BUCKETS, "pt")):
-        _host_qps(model, batcher, warm, clients, max_batch_size)
+    warmup = work[: min(64, len(work))]
 
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, run in methods.items():
-            samples[name].append(run())
-    baseline = statistics.median(q for q, _ in samples[next(iter(methods))])
-    rows = []
-    for name, runs in samples.items():
-        qps = statistics.median(q for q, _ in runs)
-        rows.append({
-            "method": name,
-            "max batch size": "/" if name.startswith("Baseline") else max_batch_size,
-            "avg batch size": statistics.median(b for _, b in runs),
-            "queries/s": qps,
-            "speed-up": qps / baseline,
-        })
-    return rows
+    def baseline() -> MethodResult:
+        closed_loop(model.predict_batch, warmup, clients=2)
+        return MethodResult("Baseline", closed_loop(model.predict_batch, work, clients=2),
+                            None, 1.0)
 
+    def hosted(name: str, batcher: Batcher) -> Callable[[], MethodResult]:
+        def run() -> MethodResult:
+            with ModelHost(model_obj=model, batcher=batcher,
+                           max_batch_size=max_batch_size) as host:
+                return measure_host(name, host, work, clients, warmup=warmup)
+        return run
 
-def lone_caller_added_s(calls: int = 2000, blocks: int = 10) -> tuple[float, float, float]:
-    """``(direct median, host median, added)`` seconds per call with a do-nothing model."""
-    import torch
-
-    model = DoNothing()
-    x = torch.zeros(1, 8)
-    direct: list[float] = []
-    hosted: list[float] = []
-    per_block = max(1, calls // blocks)
-    with ModelHost(model_obj=model) as host:
-        for _ in range(200):  # warm-up
-            host.predict(x)
-            model.predict_batch(x)
-        for _ in range(blocks):  # interleaved blocks: drift hits both alike
-            for _ in range(per_block):
-                started = time.perf_counter()
-                model.predict_batch(x)
-                direct.append(time.perf_counter() - started)
-            for _ in range(per_block):
-                started = time.perf_counter()
-                host.predict(x)
-                hosted.append(time.perf_counter() - started)
-    direct_s, hosted_s = statistics.median(direct), statistics.median(hosted)
-    return direct_s, hosted_s, hosted_s - direct_s
+    methods = [
+        baseline,
+        hosted("SeqBatcher", SeqBatcher([0, 0], tensor="pt")),
+        hosted(f"BucketSeqBatcher({BUCKETS})", BucketSeqBatcher([0, 0], BUCKETS, tensor="pt")),
+    ]
+    return comparison_table(median_of_rounds(methods, repeats, desc="BERT runs"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -141,14 +94,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['method']:<34} {row['max batch size']!s:>9} {row['avg batch size']:>9.2f} "
-              f"{row['queries/s']:>10.1f} {row['speed-up']:>7.2f}x")
-    direct_s, hosted_s, added_s = lone_caller_added_s(args.calls)
+        print(f"{row['Method']:<34} {row['Max Batch Size Setting']!s:>9} "
+              f"{row['Avg Batch Size']:>9.2f} {row['Queries/s']:>10.1f} {row['Speed-up']:>7.2f}x")
+    lone = lone_caller_latency(args.calls)
     print()
-    print(f"lone caller, do-nothing model, {args.calls} sequential calls each (medians):")
-    print(f"  direct predict_batch : {direct_s * 1e6:8.1f} us")
-    print(f"  host.predict         : {hosted_s * 1e6:8.1f} us")
-    print(f"  added by the host    : {added_s * 1e6:8.1f} us")
+    print(f"lone caller, model that does nothing, {args.calls} calls each way (medians):")
+    print(f"  direct predict_batch : {lone.direct_s * 1e6:8.1f} us")
+    print(f"  host.predict         : {lone.hosted_s * 1e6:8.1f} us")
+    print(f"  added by the host    : {lone.added_s * 1e6:8.1f} us")
 
 
 if __name__ == "__main__":

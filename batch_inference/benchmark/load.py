@@ -150,8 +150,8 @@ def on_own_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     there are CPUs, libgomp stops spinning at its barriers and every parallel
     region pays for sleeping and waking threads. A model call on the main
     thread (a warm-up, a check, an offline ceiling) would leave a team behind
-    that slows every later call on a host's worker thread: on 2 cores, a
-    MiniLM batch took about 8 ms (10%) longer. Run such calls here instead.
+    that slows every later call on a host's worker thread (see "On a CPU" on
+    the model host page). Run such calls here instead.
     """
     box: list[Any] = []
 

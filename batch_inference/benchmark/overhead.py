@@ -2,10 +2,12 @@
 
 Three figures: requests per second from many threads, requests per second from
 many asyncio tasks, and the latency a lone caller adds over calling
-``predict_batch`` directly (median). And, for the thread figure, a floor
-measured side by side: the same closed loop with no host at all, only the
-hand-off of each request to another thread and back. Nothing here imports pandas, matplotlib
-or transformers.
+``predict_batch`` directly (medians, :func:`lone_caller_latency`). And, for the
+thread figure, a floor measured side by side: the same closed loop with no host
+at all, only the hand-off of each request to another thread and back. This is
+the package's one model that does nothing (:class:`NoOpModel`) and its one
+lone-caller measurement; the reports and the overhead page use them.
+Nothing here imports pandas, matplotlib or transformers.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from ..host import ModelHost
 from .load import async_closed_loop, closed_loop
 
 __all__ = [
+    "LoneCallerLatency",
     "NoOpModel",
     "OverheadResult",
     "async_requests_per_s",
     "handoff_floor_requests_per_s",
-    "lone_caller_added_s",
+    "lone_caller_latency",
     "measure_overhead",
     "thread_requests_per_s",
 ]
@@ -122,8 +125,39 @@ def async_requests_per_s(tasks: int = 1_000, requests: int = 100_000,
     return asyncio.run(run())
 
 
-def lone_caller_added_s(calls: int = 2_000) -> float:
-    """Median latency ``host.predict`` adds over ``predict_batch`` itself, for one caller."""
+@dataclass(frozen=True)
+class LoneCallerLatency:
+    """One caller, one request at a time: medians of a direct call and of a host call.
+
+    Attributes
+    ----------
+    direct_s:
+        Median seconds of ``predict_batch`` called directly.
+    hosted_s:
+        Median seconds of ``host.predict`` on the same request.
+    """
+
+    direct_s: float
+    hosted_s: float
+
+    @property
+    def added_s(self) -> float:
+        """What the host adds: ``hosted_s - direct_s``."""
+        return self.hosted_s - self.direct_s
+
+
+def lone_caller_latency(calls: int = 2_000) -> LoneCallerLatency:
+    """A lone caller's latency through ``host.predict`` and through ``predict_batch`` itself.
+
+    The model does nothing (:class:`NoOpModel`); after a warm-up through the
+    host, each of ``calls`` rounds calls the model directly, then the host,
+    so a drift of the machine touches both sides alike.
+
+    Raises
+    ------
+    ConfigurationError
+        When ``calls`` is below 1.
+    """
     if calls < 1:
         raise ConfigurationError(f"calls must be >= 1, got {calls!r}")
     model = NoOpModel()
@@ -139,34 +173,42 @@ def lone_caller_added_s(calls: int = 2_000) -> float:
             host.predict(*query)
             direct.append(middle - started)
             hosted.append(time.perf_counter() - middle)
-    return statistics.median(hosted) - statistics.median(direct)
+    return LoneCallerLatency(statistics.median(direct), statistics.median(hosted))
 
 
 @dataclass(frozen=True)
 class OverheadResult:
-    """The three overhead figures (see the module docstring), and the thread hand-off floor."""
+    """The overhead figures (see the module docstring), and the thread hand-off floor."""
 
     thread_requests_per_s: float
     threads: int
     async_requests_per_s: float
     tasks: int
-    lone_caller_added_ms: float
-    thread_floor_requests_per_s: float = 0.0
+    lone_caller_direct_ms: float
+    lone_caller_hosted_ms: float
+    thread_floor_requests_per_s: float
+
+    @property
+    def lone_caller_added_ms(self) -> float:
+        """What the host adds to a lone caller's median latency (milliseconds)."""
+        return self.lone_caller_hosted_ms - self.lone_caller_direct_ms
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def measure_overhead(quick: bool = True) -> OverheadResult:
-    """All three figures; ``quick`` keeps each measurement to about a second."""
+    """Every figure; ``quick`` keeps each measurement to about a second."""
     threads, tasks = 64, 1_000
     scale = 1 if quick else 4
+    lone = lone_caller_latency(2_000 * scale)
     return OverheadResult(
         thread_requests_per_s=thread_requests_per_s(threads, 30_000 * scale),
         threads=threads,
         async_requests_per_s=async_requests_per_s(tasks, 100_000 * scale),
         tasks=tasks,
-        lone_caller_added_ms=lone_caller_added_s(2_000 * scale) * 1e3,
+        lone_caller_direct_ms=lone.direct_s * 1e3,
+        lone_caller_hosted_ms=lone.hosted_s * 1e3,
         thread_floor_requests_per_s=handoff_floor_requests_per_s(threads, 30_000 * scale),
     )
 

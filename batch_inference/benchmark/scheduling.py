@@ -15,22 +15,28 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
 from ..batcher.base import Batcher
 from ..errors import ConfigurationError
 from ..host import ModelHost
 from .compare import stats_between
 from .load import closed_loop, offline_batches
+from .progress_bar import progress
 from .simulate import CostModel, SimulatedRun, simulate_closed_loop, simulate_offline
 
 __all__ = [
+    "BUCKETS",
     "Policy",
     "PolicyResult",
     "compare_policies",
     "length_sorted_batches",
-    "offline_ceiling_qps",
     "run_policy",
     "simulate_policies",
+    "standard_policies",
 ]
+
+#: The bucket bounds of the ``BucketSeqBatcher`` policy.
+BUCKETS = (16, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,31 @@ class PolicyResult:
         return asdict(self)
 
 
+def standard_policies(
+    max_batch_size: int = 32, call_cost_tokens: float | None = None,
+    delay_s: float | None = None,
+) -> list[Policy]:
+    """The policies the scheduling page and report compare, for ``(input_ids, mask)`` queries.
+
+    ``"SeqBatcher"``, ``"BucketSeqBatcher"`` (buckets :data:`BUCKETS`) and
+    ``"LengthAwareBatcher"`` (with ``call_cost_tokens`` where given), all with
+    ``max_delay_s=0``; with ``delay_s``, also the length-aware batcher with
+    ``max_delay_s=delay_s``, named ``"LengthAwareBatcher, max_delay_s=<delay_s>"``.
+    """
+    options = {} if call_cost_tokens is None else {"call_cost_tokens": call_cost_tokens}
+    aware = LengthAwareBatcher([0, 0], tensor="pt", **options)
+    policies = [
+        Policy("SeqBatcher", SeqBatcher([0, 0], tensor="pt"), max_batch_size),
+        Policy("BucketSeqBatcher", BucketSeqBatcher([0, 0], list(BUCKETS), tensor="pt"),
+               max_batch_size),
+        Policy("LengthAwareBatcher", aware, max_batch_size),
+    ]
+    if delay_s is not None:
+        policies.append(Policy(f"LengthAwareBatcher, max_delay_s={delay_s}", aware,
+                               max_batch_size, delay_s))
+    return policies
+
+
 def length_sorted_batches(
     queries: Sequence[tuple[Any, ...]], batch_size: int, padding_tokens: Sequence[Any]
 ) -> list[tuple[Any, ...]]:
@@ -112,16 +143,6 @@ def length_sorted_batches(
             args.append(out)
         batches.append(tuple(args))
     return batches
-
-
-def offline_ceiling_qps(
-    predict_batch: Callable[..., Any],
-    batches: Sequence[tuple[Any, ...]],
-    queries: int,
-    synchronize: Callable[[], None] | None = None,
-) -> float:
-    """Queries per second of running the prepared ``batches`` back to back."""
-    return queries / offline_batches(predict_batch, batches, synchronize)
 
 
 def run_policy(
@@ -175,7 +196,7 @@ def compare_policies(
     padding_tokens: Sequence[Any] = (0, 0),
     repeats: int = 1,
     synchronize: Callable[[], None] | None = None,
-    progress: Callable[[str], None] | None = None,
+    desc: str = "policy runs",
 ) -> tuple[list[PolicyResult], list[float]]:
     """Measure the ceiling and every policy at every concurrency, alternating.
 
@@ -184,7 +205,9 @@ def compare_policies(
     and its ceiling alike. A policy's ``pct_of_ceiling`` is the median, over
     the repeats, of its queries per second over the adjacent ceiling's; its
     other figures come from its median run (by queries per second); its
-    ``ceiling_qps`` is the median of all ceiling runs.
+    ``ceiling_qps`` is the median of all ceiling runs. Run from a terminal, a
+    bar named ``desc`` counts the runs on stderr
+    (:func:`~batch_inference.benchmark.progress_bar.progress`).
 
     Returns
     -------
@@ -199,14 +222,11 @@ def compare_policies(
     offline_batches(predict, offline[:2], synchronize)  # warm up
     ceilings: list[float] = []
     runs: dict[tuple[int, str], list[tuple[PolicyResult, float]]] = {}
-    for _ in range(repeats):
-        for count in clients:
-            for policy in policies:
-                if progress is not None:
-                    progress(f"{policy.name} with {count} clients")
-                ceilings.append(offline_ceiling_qps(predict, offline, len(queries), synchronize))
-                result = run_policy(model, policy, queries, count)
-                runs.setdefault((count, policy.name), []).append((result, ceilings[-1]))
+    steps = [(count, policy) for _ in range(repeats) for count in clients for policy in policies]
+    for count, policy in progress(steps, desc, label=lambda s: f"{s[1].name}, {s[0]} clients"):
+        ceilings.append(len(queries) / offline_batches(predict, offline, synchronize))
+        result = run_policy(model, policy, queries, count)
+        runs.setdefault((count, policy.name), []).append((result, ceilings[-1]))
     ceiling = statistics.median(ceilings)
     results = []
     for measured in runs.values():

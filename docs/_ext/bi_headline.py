@@ -1,11 +1,13 @@
-"""The home page's headline result, written from the BERT tutorial's own run.
+"""Measured numbers for the Markdown pages, written from the tutorials' own runs.
 
 ``conf.py`` points ``$BATCH_INFERENCE_RESULTS_DIR`` at ``docs/_generated``;
-sphinx-gallery runs the tutorials at ``builder-inited`` and the BERT tutorial
-saves ``bert_embedding.json`` there. Right after (a later ``builder-inited``
-handler, before any page is read) this extension turns it into
-``docs/_generated/headline.md``, which ``index.md`` includes. No number on the
-home page is typed by hand.
+sphinx-gallery runs the tutorials at ``builder-inited``; the BERT tutorial
+saves ``bert_embedding.json`` there and the overhead tutorial ``overhead.json``.
+Right after (a later ``builder-inited`` handler, before any page is read) this
+extension turns them into ``docs/_generated/headline.md`` (the home page's
+headline, included by ``index.md``) and ``docs/_generated/overhead.md`` (a lone
+caller's cost, included by ``how_it_works.md``). No number on those pages is
+typed by hand.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from batch_inference.benchmark.results import RESULTS_DIR_VARIABLE, load_results
 RESULTS_NAME = "bert_embedding"
 HEADLINE_FILE = "headline.md"
 TUTORIAL_DOC = "/auto_tutorials/plot_bert_embedding"
+OVERHEAD_NAME = "overhead"
+OVERHEAD_FILE = "overhead.md"
+OVERHEAD_DOC = "/auto_tutorials/plot_overhead"
 
 NOT_EXECUTED = (
     "*This build did not execute the tutorials, so it quotes no measured result. "
@@ -68,39 +73,68 @@ def headline_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def overhead_markdown(payload: dict[str, Any]) -> str:
+    """Markdown for a lone caller's cost, from the overhead tutorial's saved results."""
+    env = payload["environment"]
+    threads = max(payload["thread_requests_per_s"], key=int)
+    rps = payload["thread_requests_per_s"][threads]
+    floor = payload["thread_floor_requests_per_s"][threads]
+    return (
+        f"*Measured when these docs were built* ({env['device']}, with a model that does "
+        f"nothing): a lone caller's median latency was "
+        f"{payload['lone_caller_hosted_ms'] * 1e3:.1f} µs through the host and "
+        f"{payload['lone_caller_direct_ms'] * 1e3:.1f} µs calling `predict_batch` directly, so "
+        f"the host added **{payload['lone_caller_added_ms'] * 1e3:.1f} µs**; {threads} client "
+        f"threads got {rps:,.0f} requests/s through it, "
+        f"{rps / floor:.0%} of a bare hand-off between threads with no host "
+        f"({floor:,.0f} requests/s). Details: {{doc}}`the overhead page <{OVERHEAD_DOC}>`.\n"
+    )
+
+
+#: Each generated file: (results name, file name, renderer, tutorial that saves the results).
+GENERATED = (
+    (RESULTS_NAME, HEADLINE_FILE, headline_markdown, "plot_bert_embedding.py"),
+    (OVERHEAD_NAME, OVERHEAD_FILE, overhead_markdown, "plot_overhead.py"),
+)
+
+
 def forget_results(results_dir: Path) -> None:
     """Delete the saved results, so that only this build's run can provide them."""
-    (results_dir / f"{RESULTS_NAME}.json").unlink(missing_ok=True)
+    for name, *_ in GENERATED:
+        (results_dir / f"{name}.json").unlink(missing_ok=True)
 
 
 def write_headline(results_dir: Path, executed: bool) -> str:
-    """Write ``headline.md`` into ``results_dir``; return its text.
+    """Write every generated file into ``results_dir``; return the headline's text.
 
     A build that executes the tutorials has deleted the saved results first
-    (:func:`forget_results`), so the headline quotes this build's run. A build
+    (:func:`forget_results`), so the pages quote this build's runs. A build
     that does not execute them (``plot_gallery=0``) shows the tutorial pages of
     the last run, and quotes that run's results where they are still there.
 
     Raises
     ------
     ExtensionError
-        When the tutorials were executed but the BERT tutorial saved no results.
+        When the tutorials were executed but one of them saved no results.
     """
-    payload = load_results(results_dir, RESULTS_NAME)
-    if payload is not None:
-        text = headline_markdown(payload)
-    elif executed:
-        raise ExtensionError(
-            f"the tutorials ran but {results_dir / (RESULTS_NAME + '.json')} is missing: "
-            "did tutorials/plot_bert_embedding.py run and reach save_results()?"
-        )
-    else:
-        text = NOT_EXECUTED
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / HEADLINE_FILE
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
-    return text
+    texts = []
+    for name, file_name, render, tutorial in GENERATED:
+        payload = load_results(results_dir, name)
+        if payload is not None:
+            text = render(payload)
+        elif executed:
+            raise ExtensionError(
+                f"the tutorials ran but {results_dir / (name + '.json')} is missing: "
+                f"did tutorials/{tutorial} run and reach save_results()?"
+            )
+        else:
+            text = NOT_EXECUTED
+        results_dir.mkdir(parents=True, exist_ok=True)
+        path = results_dir / file_name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        texts.append(text)
+    return texts[0]
 
 
 def _executed(app: Any) -> bool:

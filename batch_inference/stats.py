@@ -75,6 +75,9 @@ class HostStats(BatchFigures):
         Time from queueing to the start of the request's batch.
     model_time_s:
         Time of each ``predict_batch`` call.
+    model_busy_s:
+        Total seconds spent in ``predict_batch`` calls (all workers together);
+        over a run's wall time, how busy the model was.
     queue_depth:
         Requests waiting at the time of the snapshot.
     """
@@ -91,6 +94,7 @@ class HostStats(BatchFigures):
     padded_tokens: int = 0
     queue_wait_s: Percentiles = Percentiles()
     model_time_s: Percentiles = Percentiles()
+    model_busy_s: float = 0.0
     queue_depth: int = 0
 
 
@@ -104,6 +108,7 @@ class StatsRecorder:
         self._batch_sizes: Counter[int] = Counter()
         self._queue_wait: deque[float] = deque(maxlen=_WINDOW)
         self._model_time: deque[float] = deque(maxlen=_WINDOW)
+        self._model_busy_s = 0.0
 
     def batch(
         self, size: int, real: int, padded: int, waits: Iterable[float], model_s: float,
@@ -118,6 +123,7 @@ class StatsRecorder:
             counts["padded_tokens"] += padded
             self._queue_wait.extend(waits)
             self._model_time.append(model_s)
+            self._model_busy_s += model_s
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -139,5 +145,6 @@ class StatsRecorder:
                 padded_tokens=c["padded_tokens"],
                 queue_wait_s=Percentiles.of(self._queue_wait),
                 model_time_s=Percentiles.of(self._model_time),
+                model_busy_s=self._model_busy_s,
                 queue_depth=queue_depth,
             )

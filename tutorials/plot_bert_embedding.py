@@ -59,12 +59,14 @@ from batch_inference.batcher.bucket_seq_batcher import BucketSeqBatcher
 from batch_inference.batcher.seq_batcher import SeqBatcher
 from batch_inference.benchmark import (
     MethodResult,
+    answer_tolerance,
     closed_loop,
     comparison_table,
     environment,
     format_environment,
     measure_host,
     median_of_rounds,
+    model_dtype,
     on_own_thread,
     run_mode,
     save_results,
@@ -81,15 +83,19 @@ SIZES = {
 ROUNDS = 3  # each method runs this many times, interleaved; its median run is reported
 BUCKETS = [16, 32, 64]
 CHECKED = 32  # answers compared with the model run on each query alone
-# Largest absolute difference allowed between a batched answer and the answer alone: float32
-# rounding differs with the shape of the batch (more so between a GPU's shape-tuned kernels).
-TOLERANCE = 1e-4 if DEVICE == "cpu" else 1e-3
+# The model's dtype: bf16 (or fp16) in full mode on a GPU, where tensor cores run half
+# precision, float32 on a CPU (``BATCH_INFERENCE_DTYPE`` overrides).
+DTYPE = model_dtype(MODE, DEVICE)
+# Largest absolute difference allowed between a batched answer and the answer alone: rounding
+# differs with the shape of the batch (more so between a GPU's shape-tuned kernels, and in half
+# precision), so the tolerance is set per dtype.
+TOLERANCE = max(answer_tolerance(DTYPE), 1e-4 if DEVICE == "cpu" else 1e-3)
 SHORTEST, LONGEST = 4, 100  # query lengths in tokens: every bucket gets queries
 
-loaded = load_bert(SIZES["model"], device=DEVICE)
+loaded = load_bert(SIZES["model"], device=DEVICE, dtype=DTYPE)
 model = BertEmbedding(loaded.model, device=DEVICE)
 env = environment(MODE, weights=loaded.weights, queries=SIZES["queries"],
-                  clients=SIZES["clients"], rounds=ROUNDS,
+                  clients=SIZES["clients"], rounds=ROUNDS, dtype=str(DTYPE).removeprefix("torch."),
                   **{"tolerance (batched vs alone)": TOLERANCE})
 print(format_environment(env))
 
@@ -195,8 +201,10 @@ methods = [
 results = median_of_rounds(methods, ROUNDS, desc="BERT runs")
 for r in results:
     setting = "" if r.max_batch_size is None else f" (max batch {r.max_batch_size})"
+    busy = "" if r.model_busy is None else f", model busy {r.model_busy:.0%} of the run"
     print(f"{r.method}{setting}: median {r.load.wall_s:.2f} s for {r.load.queries} queries, "
-          f"avg batch {r.mean_batch_size:.2f}, padding efficiency {r.padding_efficiency:.0%}")
+          f"avg batch {r.mean_batch_size:.2f}, padding efficiency {r.padding_efficiency:.0%}"
+          f"{busy}")
 print(f"first {CHECKED} answers of every run, batched vs alone: "
       f"largest difference {max(max_errors):.1e} (tolerance {TOLERANCE:.0e})")
 
@@ -213,8 +221,9 @@ table
 
 # %%
 # Latency and padding of the same runs: the median and 99th-percentile time
-# a client waited for its answer, and the share of computed tokens that were
-# real (not padding). With 64 clients and one model, a query waits for the
+# a client waited for its answer, the share of computed tokens that were
+# real (not padding), and how busy the model was: its seconds in
+# ``predict_batch`` (``host.stats().model_busy_s``) over the run's wall time. With 64 clients and one model, a query waits for the
 # queries ahead of it, so batched latency is roughly 64 queries' worth of
 # work; the baseline's two threads time only their own call (the other
 # queries wait in the list, untimed), so compare its throughput, not its
@@ -227,6 +236,7 @@ pd.DataFrame({
     "p50 latency (ms)": [round(r.load.p50_s * 1e3, 1) for r in results],
     "p99 latency (ms)": [round(r.load.p99_s * 1e3, 1) for r in results],
     "Padding efficiency": [f"{r.padding_efficiency:.0%}" for r in results],
+    "Model busy": ["/" if r.model_busy is None else f"{r.model_busy:.0%}" for r in results],
 })
 
 # %%
@@ -261,5 +271,7 @@ saved_to = save_results("bert_embedding", {
     "rounds": ROUNDS,
     "tolerance": TOLERANCE,
     "largest_difference": max(max_errors),
+    "dtype": str(DTYPE).removeprefix("torch."),
+    "model_busy": {f"{r.method} ({r.max_batch_size})": r.model_busy for r in results},
     "rows": records,
 })

@@ -52,6 +52,8 @@ class StatsWindow(BatchFigures):
         ``{batch size: number of batches}`` in the window.
     real_tokens, padded_tokens:
         Tokens of the requests, and tokens computed with padding, in the window.
+    model_busy_s:
+        Seconds spent in ``predict_batch`` in the window.
     """
 
     requests: int
@@ -59,6 +61,7 @@ class StatsWindow(BatchFigures):
     batch_sizes: dict[int, int]
     real_tokens: int
     padded_tokens: int
+    model_busy_s: float = 0.0
 
 
 
@@ -87,6 +90,7 @@ def stats_between(before: HostStats, after: HostStats) -> StatsWindow:
         batch_sizes=sizes,
         real_tokens=after.real_tokens - before.real_tokens,
         padded_tokens=after.padded_tokens - before.padded_tokens,
+        model_busy_s=after.model_busy_s - before.model_busy_s,
     )
 
 
@@ -106,6 +110,8 @@ class MethodResult:
         Average requests per ``predict_batch`` call in the measured run.
     padding_efficiency:
         Real tokens / padded tokens in the measured run.
+    model_busy:
+        Seconds in ``predict_batch`` over the run's wall time (``None`` without a host).
     """
 
     method: str
@@ -113,6 +119,7 @@ class MethodResult:
     max_batch_size: int | None
     mean_batch_size: float
     padding_efficiency: float = 1.0
+    model_busy: float | None = None
 
 
 def measure_host(
@@ -138,7 +145,8 @@ def measure_host(
                        progress=progress)
     window = stats_between(before, host.stats())
     return MethodResult(
-        method, load, host.max_batch_size, window.mean_batch_size, window.padding_efficiency
+        method, load, host.max_batch_size, window.mean_batch_size, window.padding_efficiency,
+        window.model_busy_s / load.wall_s if load.wall_s > 0 else None,
     )
 
 

@@ -174,3 +174,14 @@ def test_a_snapshot_does_not_change_afterwards(make_host: Any, wait_until: Any) 
     with pytest.raises(dataclasses.FrozenInstanceError):
         before.requests = 5  # type: ignore[misc]
     assert host.stats().requests == 1
+
+
+def test_model_busy_s_adds_up_every_model_call() -> None:
+    from batch_inference.stats import StatsRecorder
+
+    recorder = StatsRecorder()
+    recorder.batch(size=2, real=2, padded=2, waits=[0.0, 0.0], model_s=0.25, retry=False)
+    recorder.batch(size=1, real=1, padded=1, waits=[], model_s=0.5, retry=True)
+    snapshot = recorder.snapshot(requests=2, queue_depth=0)
+    assert snapshot.model_busy_s == pytest.approx(0.75)
+    assert snapshot.model_time_s.p50 > 0

@@ -289,7 +289,8 @@ class ModelHost(RequestFronts):
         self.stop()
 
     async def __aenter__(self) -> ModelHost:
-        return self.start()
+        # Building the model can take seconds: keep the event loop serving meanwhile.
+        return await asyncio.get_running_loop().run_in_executor(None, self.start)
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.stop)

@@ -169,14 +169,14 @@ class _Hosted:
         from ..batcher.seq_batcher import SeqBatcher
 
         batcher = SeqBatcher(padding_tokens=[0, 0], tensor="pt")
-        self._host = ModelHost(model_obj=model, batcher=batcher, max_batch_size=max_batch_size)
-        self._host.start()
+        self.host = ModelHost(model_obj=model, batcher=batcher, max_batch_size=max_batch_size)
+        self.host.start()
 
     async def predict(self, input_ids: Any, attention_mask: Any) -> Any:
-        return await self._host.predict_async(input_ids, attention_mask)
+        return await self.host.predict_async(input_ids, attention_mask)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._host.stop, timeout=30.0)
+        await asyncio.to_thread(self.host.stop, timeout=30.0)
 
 
 def _backend(settings: ServeSettings, model: Any) -> _Backend:
@@ -191,7 +191,9 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
     ``model`` (anything with ``predict_batch(input_ids, attention_mask)`` and a
     ``vocab_size``) is used as is; when ``None`` the lifespan builds an
     :class:`EmbeddingModel` from ``settings.model`` and ``settings.device``.
-    Nothing is loaded or started until the app's lifespan starts.
+    Nothing is loaded or started until the app's lifespan starts; while it
+    runs, ``app.state.host`` is the variant ``"host"``'s
+    :class:`~batch_inference.ModelHost` (for ``stats()``), ``None`` otherwise.
     """
     import torch
     from fastapi import FastAPI, HTTPException
@@ -206,6 +208,7 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
             EmbeddingModel, settings.model, settings.device)
         backend = _backend(settings, served)
         app.state.backend, app.state.vocab_size = backend, int(served.vocab_size)
+        app.state.host = getattr(backend, "host", None)  # the ModelHost, for its stats()
         ready = None if settings.ready_dir is None else Path(settings.ready_dir) / str(os.getpid())
         try:
             if ready is not None:

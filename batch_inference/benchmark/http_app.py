@@ -4,7 +4,8 @@
 ``{"embedding": [...], "pid": ...}``: the mean over the tokens of the model's
 last hidden state (what :class:`~batch_inference.benchmark.bert.BertEmbedding`
 gives for that query alone), and the id of the process that answered.
-``GET /health`` answers ``{"pid": ...}`` once the app has started.
+``GET /health`` answers ``{"pid": ..., "weights": ..., "vocab_size": ...}`` (which
+weights the model holds) once the app has started.
 
 How the endpoint reaches the model is the *variant*:
 
@@ -51,6 +52,8 @@ __all__ = [
 #: Environment variable holding the JSON :class:`ServeSettings` of :func:`app_from_env`.
 SETTINGS_VARIABLE = "BATCH_INFERENCE_HTTP_SETTINGS"
 VARIANTS = ("direct", "host")
+BATCHERS = ("bucket", "seq")
+BUCKETS = [16, 32, 64]  # the seed's buckets, as in the BERT tutorial
 Variant = Literal["direct", "host"]
 
 
@@ -72,6 +75,12 @@ class ServeSettings:
         Threads calling the model at once (variant ``"direct"``).
     max_length:
         Longest query accepted, in tokens; a longer one gets HTTP 422.
+    batcher:
+        The host's batcher (variant ``"host"``): ``"bucket"``, a
+        :class:`~batch_inference.batcher.BucketSeqBatcher` with the seed's
+        buckets ``[16, 32, 64]`` (queries of one length bucket share a batch),
+        or ``"seq"``, a :class:`~batch_inference.batcher.SeqBatcher` (every
+        waiting query padded to the longest).
     ready_dir:
         When set, each process writes ``<ready_dir>/<pid>`` once its lifespan
         has started (and removes it on shutdown), so whoever started the
@@ -84,11 +93,14 @@ class ServeSettings:
     max_batch_size: int = 32
     direct_threads: int = 2
     max_length: int = 512
+    batcher: Literal["seq", "bucket"] = "bucket"
     ready_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigurationError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.batcher not in BATCHERS:
+            raise ConfigurationError(f"batcher must be one of {BATCHERS}, got {self.batcher!r}")
         for name in ("max_batch_size", "direct_threads", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -164,11 +176,15 @@ class _Direct:
 class _Hosted:
     """Each request awaits ``host.predict_async``: the host batches waiting requests."""
 
-    def __init__(self, model: Any, max_batch_size: int) -> None:
+    def __init__(self, model: Any, max_batch_size: int, batcher_name: str) -> None:
         from .. import ModelHost
+        from ..batcher.bucket_seq_batcher import BucketSeqBatcher
         from ..batcher.seq_batcher import SeqBatcher
 
-        batcher = SeqBatcher(padding_tokens=[0, 0], tensor="pt")
+        if batcher_name == "bucket":
+            batcher: Any = BucketSeqBatcher(padding_tokens=[0, 0], buckets=BUCKETS, tensor="pt")
+        else:
+            batcher = SeqBatcher(padding_tokens=[0, 0], tensor="pt")
         self.host = ModelHost(model_obj=model, batcher=batcher, max_batch_size=max_batch_size)
         self.host.start()
 
@@ -182,7 +198,7 @@ class _Hosted:
 def _backend(settings: ServeSettings, model: Any) -> _Backend:
     if settings.variant == "direct":
         return _Direct(model, settings.direct_threads)
-    return _Hosted(model, settings.max_batch_size)
+    return _Hosted(model, settings.max_batch_size, settings.batcher)
 
 
 def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
@@ -208,6 +224,7 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
             EmbeddingModel, settings.model, settings.device)
         backend = _backend(settings, served)
         app.state.backend, app.state.vocab_size = backend, int(served.vocab_size)
+        app.state.weights = str(getattr(served, "weights", "given by the caller"))
         app.state.host = getattr(backend, "host", None)  # the ModelHost, for its stats()
         ready = None if settings.ready_dir is None else Path(settings.ready_dir) / str(os.getpid())
         try:
@@ -222,8 +239,9 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
     app = FastAPI(title="batch_inference embeddings", lifespan=lifespan)
 
     @app.get("/health")
-    async def health() -> dict[str, int]:
-        return {"pid": os.getpid()}
+    async def health() -> dict[str, Any]:
+        return {"pid": os.getpid(), "weights": app.state.weights,
+                "vocab_size": app.state.vocab_size}
 
     @app.post("/embed")
     async def embed(request: EmbedRequest) -> dict[str, Any]:

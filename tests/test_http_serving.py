@@ -72,11 +72,13 @@ def payloads_of(queries: list[tuple[Any, Any]]) -> list[dict[str, list[int]]]:
     return [{"input_ids": ids[0].tolist()} for ids, _ in queries]
 
 
-@pytest.mark.parametrize("variant", ["direct", "host"])
+@pytest.mark.parametrize("variant, batcher", [("direct", "bucket"), ("host", "bucket"),
+                                              ("host", "seq")])
 def test_every_client_gets_the_embedding_of_its_query_alone(
-    variant: str, served_model: Any, queries: list, alone: list[np.ndarray]
+    variant: str, batcher: str, served_model: Any, queries: list, alone: list[np.ndarray]
 ) -> None:
-    app = create_app(ServeSettings(variant=variant, max_batch_size=8), model=served_model)
+    settings = ServeSettings(variant=variant, max_batch_size=8, batcher=batcher)
+    app = create_app(settings, model=served_model)
     payloads = payloads_of(queries)
 
     async def go() -> Any:
@@ -109,7 +111,7 @@ def test_the_host_variant_batches_requests_that_wait_together(
         return served_model.predict_batch(ids, mask)
 
     model = SimpleNamespace(predict_batch=predict_batch, vocab_size=served_model.vocab_size)
-    app = create_app(ServeSettings(variant="host", max_batch_size=32), model=model)
+    app = create_app(ServeSettings(variant="host", max_batch_size=32, batcher="seq"), model=model)
     first, *rest = payloads_of(queries)
 
     async def go() -> list[Any]:
@@ -217,6 +219,7 @@ def test_the_load_generator_refuses_bad_bounds(bad: dict[str, Any], named: str) 
 
 @pytest.mark.parametrize("bad, named", [({"variant": "cluster"}, "cluster"),
                                         ({"max_batch_size": 0}, "max_batch_size"),
+                                        ({"batcher": "sorted"}, "sorted"),
                                         ({"direct_threads": True}, "direct_threads")])
 def test_settings_refuse_bad_values(bad: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigurationError, match=named):

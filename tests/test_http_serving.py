@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -273,3 +274,16 @@ def test_a_server_that_cannot_start_raises_with_its_log() -> None:
     with pytest.raises(ServerStartError, match="no-such-model"), server:
         pass
     assert not server.running
+
+
+def test_the_serving_page_snippet_starts_and_stops_its_host_in_the_lifespan(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    (snippet,) = re.findall(r"^```python\n(.*?)^```", page, flags=re.M | re.S)
+    assert "lifespan=lifespan" in snippet
+    namespace: dict[str, Any] = {"__name__": "__snippet__"}
+    exec(compile(snippet, "docs/serving.md", "exec"), namespace)
+    host = namespace["app"].state.host  # set by the lifespan the TestClient ran
+    assert host.stats().completed == 1 and not host.running  # served once, then stopped
+    assert capsys.readouterr().out.strip() == "[2.0, 4.0]"

@@ -130,10 +130,10 @@ class RemoteClient:
         try:
             while not self._closing:
                 events = dict(poller.poll(1000))
+                if self._socket in events:
+                    self._receive()  # first: a "bye" explains the disconnect that follows
                 if self._monitor in events:
                     self._on_monitor()
-                if self._socket in events:
-                    self._receive()
                 self._wakeup.clear()
                 self._send_outgoing()
         finally:
@@ -154,8 +154,9 @@ class RemoteClient:
                 self._lose("the connection to the server dropped (it died or stopped)")
 
     def _lose(self, reason: str) -> None:
+        if self._connected:  # keep the first reason (a "bye" before its disconnect)
+            self._lost_reason = reason
         self._connected = False
-        self._lost_reason = reason
         self._fail_all(RemoteHostLostError(f"lost the server on {self.path.name}: {reason}"))
 
     def _fail_all(self, error: BaseException) -> None:

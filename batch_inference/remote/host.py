@@ -192,10 +192,8 @@ class RemoteModelHost:
         return client.submit(args, self._deadline(timeout))
 
     def _deadline(self, timeout: float | None) -> float | None:
-        if timeout is None:
-            timeout = self.local_host.default_timeout_s
-        else:
-            timeout = checked_timeout(timeout)
+        timeout = (self.local_host.default_timeout_s if timeout is None
+                   else checked_timeout(timeout))
         return None if timeout is None else time.monotonic() + timeout
 
     def predict(self, *args: Any, timeout: float | None = None) -> Any:

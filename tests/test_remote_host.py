@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 import zmq
-
 from _remote_support import Doubler, Gated, remote
+
 from batch_inference.errors import (
     ConfigurationError,
     HostNotRunningError,
@@ -26,8 +26,7 @@ from batch_inference.errors import (
     RequestTimeoutError,
     WireFormatError,
 )
-from batch_inference.remote import AsyncRemoteModelHost, RemoteModelHost, remote_batching
-from batch_inference.remote import _wire
+from batch_inference.remote import AsyncRemoteModelHost, RemoteModelHost, _wire, remote_batching
 from batch_inference.remote._election import ServerLock, runtime_dir, socket_path
 
 _PORTS = itertools.count(20000 + os.getpid() % 10000)

@@ -81,7 +81,9 @@ def test_arrays_round_trip_including_non_contiguous_and_big_endian() -> None:
     assert np.array_equal(back[1], swapped) and back[1].dtype == np.dtype("int32")
 
 
-@pytest.mark.parametrize("value", [object(), {1, 2}, np.array([object()]), torch.ones(2).to_sparse()])
+@pytest.mark.parametrize(
+    "value", [object(), {1, 2}, np.array([object()]), torch.ones(2).to_sparse()]
+)
 def test_unsupported_values_are_refused_by_type(value: Any) -> None:
     with pytest.raises(WireFormatError, match=r"cannot cross"):
         _wire.encode_value(value)

@@ -159,10 +159,11 @@ def test_a_timed_out_call_is_dropped_on_the_server(port: int, hosts, wait_until)
     blocker = client.submit(torch.ones(1, 1))
     assert entered.wait(10)
     with pytest.raises(RequestTimeoutError):
-        client.predict(torch.full((1, 1), 7.0), timeout=0.05)
+        client.predict(torch.full((1, 1), 7.0), timeout=0.5)
     cancelled = client.submit(torch.full((1, 1), 8.0))
-    wait_until(lambda: server.local_host.stats().queue_depth >= 1)
+    wait_until(lambda: server.local_host.stats().requests == 3)  # both reached the server
     assert cancelled.cancel()
+    wait_until(lambda: server.local_host.stats().queue_depth == 0)  # both were dropped
     release.set()
     assert blocker.result(10)[0, 0] == 2
     assert torch.equal(client.predict(torch.full((1, 1), 3.0), timeout=10), torch.full((1, 1), 6.0))

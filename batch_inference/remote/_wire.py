@@ -53,6 +53,7 @@ _NUMPY_DTYPES = frozenset({
     "float16", "float32", "float64", "complex64", "complex128",
 })
 _TORCH_DTYPES = _NUMPY_DTYPES | {"bfloat16"}
+_NP_DTYPE = {name: np.dtype(name) for name in _NUMPY_DTYPES} | {"bfloat16": np.dtype("int16")}
 
 #: The library's own errors a peer may name; a name outside it becomes a RemoteModelError.
 _LIBRARY_ERRORS: dict[str, type[errors.BatchInferenceError]] = {
@@ -68,7 +69,7 @@ class Encoded:
     def __init__(self, tree: Any, buffers: list[Any]) -> None:
         self.tree = tree
         self.buffers = buffers
-        self.nbytes = sum(memoryview(b).nbytes for b in buffers)
+        self.nbytes = sum(b.nbytes if type(b) is memoryview else len(b) for b in buffers)
 
 
 def encode_value(value: Any) -> Encoded:
@@ -78,6 +79,11 @@ def encode_value(value: Any) -> Encoded:
 
 
 def _encode(value: Any, buffers: list[Any], depth: int) -> Any:
+    kind = type(value)
+    if kind is np.ndarray:  # the common cases first: one array, a tuple of arguments
+        return _encode_array(value, buffers)
+    if kind is tuple and depth < MAX_DEPTH:
+        return {"T": [_encode(v, buffers, depth + 1) for v in value]}
     if depth > MAX_DEPTH:
         raise WireFormatError(f"value nested deeper than {MAX_DEPTH} levels")
     if value is None or isinstance(value, (bool, str)):
@@ -110,11 +116,13 @@ def _encode(value: Any, buffers: list[Any], depth: int) -> Any:
 
 
 def _encode_array(array: np.ndarray, buffers: list[Any]) -> dict[str, Any]:
-    name = array.dtype.name
+    dtype = array.dtype
+    name = dtype.name
     if name not in _NUMPY_DTYPES:
-        raise WireFormatError(f"numpy dtype {array.dtype!s} cannot cross between processes")
-    native = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
-    buffers.append(native.reshape(-1).view(np.uint8))
+        raise WireFormatError(f"numpy dtype {dtype!s} cannot cross between processes")
+    if not (array.flags.c_contiguous and dtype.isnative):
+        array = np.ascontiguousarray(array, dtype=dtype.newbyteorder("="))
+    buffers.append(array.data if array.ndim else array.reshape(1).data)
     return {"N": len(buffers) - 1, "d": name, "s": list(array.shape)}
 
 
@@ -128,7 +136,7 @@ def _encode_tensor(tensor: torch.Tensor, buffers: list[Any]) -> dict[str, Any]:
     flat = tensor.detach().cpu().contiguous()
     if name == "bfloat16":
         flat = flat.view(torch.int16)
-    buffers.append(flat.numpy().reshape(-1).view(np.uint8))
+    buffers.append(flat.numpy().reshape(-1).data)
     return {"P": len(buffers) - 1, "d": name, "s": list(tensor.shape)}
 
 
@@ -177,12 +185,12 @@ def _decode_array(tree: dict[str, Any], buffers: list[bytes], base: int) -> Any:
             or not all(type(n) is int and n >= 0 for n in shape)):
         raise WireFormatError(f"malformed shape {short(shape)}")
     raw = _buffer(index, buffers, base)
-    np_dtype = np.dtype("int16" if dtype == "bfloat16" else dtype)
+    np_dtype = _NP_DTYPE[dtype]
     if math.prod(shape) * np_dtype.itemsize != len(raw):
         raise WireFormatError(
             f"buffer of {len(raw)} bytes does not hold shape {shape} of dtype {dtype}"
         )
-    array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).copy()
+    array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).copy()  # writable, owned
     if not is_tensor:
         return array
     tensor = torch.from_numpy(array)

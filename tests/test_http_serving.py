@@ -11,7 +11,7 @@ import asyncio
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +31,11 @@ from batch_inference.benchmark.http_app import (  # noqa: E402
     sentence_embedding,
 )
 from batch_inference.benchmark.http_load import http_load  # noqa: E402
-from batch_inference.benchmark.http_server import ServerStartError, UvicornServer  # noqa: E402
+from batch_inference.benchmark.http_server import (  # noqa: E402
+    RUNTIME_DIR_VARIABLE,
+    ServerStartError,
+    UvicornServer,
+)
 from batch_inference.errors import ConfigurationError  # noqa: E402
 
 BOUND_S = 60.0  # no test's asyncio part may take longer than this
@@ -95,6 +99,34 @@ def test_every_client_gets_the_embedding_of_its_query_alone(
     for answer, expected in zip(result.outputs, alone, strict=True):
         assert answer["pid"] == os.getpid()
         np.testing.assert_allclose(answer["embedding"], expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.timeout(120)
+def test_remote_variant_two_apps_share_one_model_and_answer_as_it_alone(
+    queries: list, alone: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("zmq")
+    private = tmp_path / "remote"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv(RUNTIME_DIR_VARIABLE, str(private))  # no other test's port
+    settings = ServeSettings(variant="remote", grpc_port=8611, max_batch_size=8)
+    apps = [create_app(settings), create_app(settings)]  # as two worker processes would
+    payloads = payloads_of(queries)
+
+    async def go() -> list[Any]:
+        async with serving(apps[0]) as first, serving(apps[1]) as second:
+            roles = [app.state.backend.remote.is_server for app in apps]
+            results = await asyncio.gather(*(
+                http_load(client, "/embed", payloads, clients=4, max_requests=len(payloads),
+                          max_duration_s=BOUND_S, keep_outputs=True)
+                for client in (first, second)))
+            return [roles, *results]
+
+    roles, *results = run(go())
+    assert sorted(roles) == [False, True]  # exactly one app serves the model
+    for result in results:
+        for answer, expected in zip(result.outputs, alone, strict=True):
+            np.testing.assert_allclose(answer["embedding"], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_the_host_variant_batches_requests_that_wait_together(
@@ -240,15 +272,18 @@ def test_server_workers_must_be_positive() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("variant, workers", [("host", 1), ("remote", 2)])
 def test_uvicorn_subprocess_serves_on_a_unix_socket_and_stops(
-    queries: list, alone: list[np.ndarray], wait_until: Callable[..., None]
+    variant: str, workers: int, queries: list, alone: list[np.ndarray]
 ) -> None:
     payloads = payloads_of(queries)
-    server = UvicornServer(ServeSettings(variant="host"), workers=1, start_timeout_s=150)
+    server = UvicornServer(ServeSettings(variant=variant), workers=workers, start_timeout_s=200)
     with server:
         socket_path = Path(server.uds)
         assert socket_path.is_socket() and oct(socket_path.parent.stat().st_mode)[-3:] == "700"
+        pids = server.worker_pids
+        assert len(pids) == workers and os.getpid() not in pids
 
         async def go() -> Any:
             transport = httpx.AsyncHTTPTransport(uds=server.uds)
@@ -260,13 +295,14 @@ def test_uvicorn_subprocess_serves_on_a_unix_socket_and_stops(
                 return health, result
 
         health, result = run(go())
-        assert health["pid"] != os.getpid() and "all-MiniLM-L6-v2" in health["weights"]
+        assert health["pid"] in pids and "minilm" in health["weights"].lower()
         for answer, expected in zip(result.outputs, alone, strict=True):
-            assert answer["pid"] == health["pid"]
+            assert answer["pid"] in pids
             np.testing.assert_allclose(answer["embedding"], expected, atol=1e-4, rtol=1e-4)
     assert not server.running and not socket_path.exists()
-    with pytest.raises(ProcessLookupError):
-        os.kill(health["pid"], 0)
+    for pid in pids:  # every worker process has exited
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_a_server_that_cannot_start_raises_with_its_log() -> None:

@@ -14,7 +14,12 @@ How the endpoint reaches the model is the *variant*:
   never blocks, and at most ``direct_threads`` model calls run at once);
 * ``"host"``: ``await host.predict_async(...)`` on a
   :class:`~batch_inference.ModelHost` started in the app's ``lifespan`` and
-  stopped after it.
+  stopped after it;
+* ``"remote"``: ``await host.predict(...)`` on an
+  :class:`~batch_inference.remote.AsyncRemoteModelHost` named by
+  ``grpc_port``, started in the lifespan of every worker process of the
+  server: one of them loads the model and serves it, the others send their
+  requests to it (see ``docs/remote.md``).
 
 The model is loaded and the host started in the ``lifespan``, never at import:
 :func:`app_from_env` is a factory (``uvicorn --factory``) that reads its
@@ -29,15 +34,15 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import ConfigurationError
+from .http_backends import EmbeddingModel, make_backend
 
 __all__ = [
     "SETTINGS_VARIABLE",
@@ -51,10 +56,9 @@ __all__ = [
 
 #: Environment variable holding the JSON :class:`ServeSettings` of :func:`app_from_env`.
 SETTINGS_VARIABLE = "BATCH_INFERENCE_HTTP_SETTINGS"
-VARIANTS = ("direct", "host")
+VARIANTS = ("direct", "host", "remote")
 BATCHERS = ("bucket", "seq")
-BUCKETS = [16, 32, 64]  # the seed's buckets, as in the BERT tutorial
-Variant = Literal["direct", "host"]
+Variant = Literal["direct", "host", "remote"]
 
 
 @dataclass(frozen=True)
@@ -64,23 +68,26 @@ class ServeSettings:
     Attributes
     ----------
     variant:
-        ``"direct"`` or ``"host"`` (see the module docstring).
+        ``"direct"``, ``"host"`` or ``"remote"`` (see the module docstring).
     model:
         ``"minilm"`` or ``"bert-base"``, as for :func:`~batch_inference.benchmark.bert.load_bert`.
     device:
         Where the model runs (``"cpu"``, ``"cuda"``).
     max_batch_size:
-        The host's ``max_batch_size`` (variant ``"host"``).
+        The host's ``max_batch_size`` (variants ``"host"`` and ``"remote"``).
     direct_threads:
         Threads calling the model at once (variant ``"direct"``).
     max_length:
         Longest query accepted, in tokens; a longer one gets HTTP 422.
     batcher:
-        The host's batcher (variant ``"host"``): ``"bucket"``, a
+        The host's batcher (variants ``"host"`` and ``"remote"``): ``"bucket"``, a
         :class:`~batch_inference.batcher.BucketSeqBatcher` with the seed's
         buckets ``[16, 32, 64]`` (queries of one length bucket share a batch),
         or ``"seq"``, a :class:`~batch_inference.batcher.SeqBatcher` (every
         waiting query padded to the longest).
+    grpc_port:
+        The number that names the shared host of variant ``"remote"``
+        (batch-inference 1.0's name; it names a Unix socket, no TCP port is opened).
     ready_dir:
         When set, each process writes ``<ready_dir>/<pid>`` once its lifespan
         has started (and removes it on shutdown), so whoever started the
@@ -94,6 +101,7 @@ class ServeSettings:
     direct_threads: int = 2
     max_length: int = 512
     batcher: Literal["seq", "bucket"] = "bucket"
+    grpc_port: int = 8500
     ready_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -101,7 +109,7 @@ class ServeSettings:
             raise ConfigurationError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.batcher not in BATCHERS:
             raise ConfigurationError(f"batcher must be one of {BATCHERS}, got {self.batcher!r}")
-        for name in ("max_batch_size", "direct_threads", "max_length"):
+        for name in ("max_batch_size", "direct_threads", "max_length", "grpc_port"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
@@ -120,25 +128,6 @@ class ServeSettings:
             raise ConfigurationError(f"bad serve settings {text!r}: {error}") from None
 
 
-class EmbeddingModel:
-    """The BERT tutorial's model, loaded by name: ``predict_batch(input_ids, attention_mask)``.
-
-    Built from plain arguments (a model name and a device), so another process
-    can build it too.
-    """
-
-    def __init__(self, model: str = "minilm", device: str = "cpu") -> None:
-        from .bert import BertEmbedding, load_bert
-
-        loaded = load_bert(model, device=device)
-        self.weights = loaded.weights
-        self.vocab_size = loaded.vocab_size
-        self._embedding = BertEmbedding(loaded.model, device=device)
-
-    def predict_batch(self, input_ids: Any, attention_mask: Any) -> Any:
-        return self._embedding.predict_batch(input_ids, attention_mask)
-
-
 def sentence_embedding(hidden: Any) -> list[float]:
     """The mean over the tokens of one query's ``(1, length, width)`` last hidden state.
 
@@ -150,63 +139,13 @@ def sentence_embedding(hidden: Any) -> list[float]:
     return rows[0].mean(axis=0).tolist()
 
 
-class _Backend(Protocol):
-    async def predict(self, input_ids: Any, attention_mask: Any) -> Any: ...
-
-    async def close(self) -> None: ...
-
-
-class _Direct:
-    """Each request calls the model on its own query, in a pool of ``threads`` threads."""
-
-    def __init__(self, model: Any, threads: int) -> None:
-        self._model = model
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="direct-model")
-
-    async def predict(self, input_ids: Any, attention_mask: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, self._model.predict_batch, input_ids, attention_mask
-        )
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
-
-
-class _Hosted:
-    """Each request awaits ``host.predict_async``: the host batches waiting requests."""
-
-    def __init__(self, model: Any, max_batch_size: int, batcher_name: str) -> None:
-        from .. import ModelHost
-        from ..batcher.bucket_seq_batcher import BucketSeqBatcher
-        from ..batcher.seq_batcher import SeqBatcher
-
-        if batcher_name == "bucket":
-            batcher: Any = BucketSeqBatcher(padding_tokens=[0, 0], buckets=BUCKETS, tensor="pt")
-        else:
-            batcher = SeqBatcher(padding_tokens=[0, 0], tensor="pt")
-        self.host = ModelHost(model_obj=model, batcher=batcher, max_batch_size=max_batch_size)
-        self.host.start()
-
-    async def predict(self, input_ids: Any, attention_mask: Any) -> Any:
-        return await self.host.predict_async(input_ids, attention_mask)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self.host.stop, timeout=30.0)
-
-
-def _backend(settings: ServeSettings, model: Any) -> _Backend:
-    if settings.variant == "direct":
-        return _Direct(model, settings.direct_threads)
-    return _Hosted(model, settings.max_batch_size, settings.batcher)
-
-
 def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
     """A FastAPI app serving ``POST /embed`` and ``GET /health`` as ``settings`` say.
 
     ``model`` (anything with ``predict_batch(input_ids, attention_mask)`` and a
     ``vocab_size``) is used as is; when ``None`` the lifespan builds an
-    :class:`EmbeddingModel` from ``settings.model`` and ``settings.device``.
+    :class:`EmbeddingModel` from ``settings.model`` and ``settings.device``
+    (variant ``"remote"``: the shared host builds it in the process that serves).
     Nothing is loaded or started until the app's lifespan starts; while it
     runs, ``app.state.host`` is the variant ``"host"``'s
     :class:`~batch_inference.ModelHost` (for ``stats()``), ``None`` otherwise.
@@ -220,9 +159,8 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        served = model if model is not None else await asyncio.to_thread(
-            EmbeddingModel, settings.model, settings.device)
-        backend = _backend(settings, served)
+        backend, served = await asyncio.to_thread(make_backend, settings, model)
+        await backend.start()
         app.state.backend, app.state.vocab_size = backend, int(served.vocab_size)
         app.state.weights = str(getattr(served, "weights", "given by the caller"))
         app.state.host = getattr(backend, "host", None)  # the ModelHost, for its stats()

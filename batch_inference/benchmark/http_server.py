@@ -2,7 +2,9 @@
 
 :class:`UvicornServer` starts ``python -m uvicorn --factory ... --uds PATH
 --workers N`` with the socket in a private temporary directory (mode 0700:
-only this OS user can connect, nothing listens on the network), waits until
+only this OS user can connect, nothing listens on the network; the sockets of
+variant ``"remote"``'s shared host live there too, so no other server on the
+machine can share them), waits until
 every worker process has run its lifespan, and stops the whole process group
 when it leaves its ``with`` block, however it leaves it.
 """
@@ -26,6 +28,8 @@ from .http_app import SETTINGS_VARIABLE, ServeSettings
 __all__ = ["ServerStartError", "UvicornServer"]
 
 _APP = "batch_inference.benchmark.http_app:app_from_env"
+#: Where :class:`~batch_inference.RemoteModelHost` puts its sockets (see ``remote/_election``).
+RUNTIME_DIR_VARIABLE = "BATCH_INFERENCE_RUNTIME_DIR"
 
 
 class ServerStartError(BatchInferenceError, RuntimeError):
@@ -77,6 +81,13 @@ class UvicornServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the workers whose lifespan has started (and not ended)."""
+        if self._tmp is None:
+            return []
+        return sorted(int(p.name) for p in (Path(self._tmp.name) / "ready").iterdir())
+
     def start(self) -> UvicornServer:
         """Start the server process (it loads the model in the background); return at once."""
         if self._process is not None:
@@ -86,10 +97,13 @@ class UvicornServer:
         root.chmod(0o700)
         ready = root / "ready"
         ready.mkdir()
+        shared = root / "remote"  # variant "remote": its hosts' sockets, ours alone
+        shared.mkdir(mode=0o700)
         self.uds = str(root / "app.sock")
         settings = replace(self.settings, ready_dir=str(ready))
         env = dict(os.environ)
         env[SETTINGS_VARIABLE] = settings.to_json()
+        env[RUNTIME_DIR_VARIABLE] = str(shared)
         package_root = str(Path(__file__).resolve().parents[2])  # the same batch_inference
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self._log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in stop()

@@ -49,6 +49,9 @@ class UvicornServer:
         :meth:`wait_ready` fails after this long.
     stop_timeout_s:
         :meth:`stop` waits this long for a graceful exit, then kills the group.
+    env:
+        Extra environment variables of the server processes (e.g.
+        ``{"OMP_WAIT_POLICY": "PASSIVE"}``), over this process's environment.
 
     Use ``with UvicornServer(...) as server:`` (starts and waits), or
     :meth:`start` then :meth:`wait_ready` to start several servers at once.
@@ -61,6 +64,7 @@ class UvicornServer:
         workers: int = 1,
         start_timeout_s: float = 120.0,
         stop_timeout_s: float = 30.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigurationError(f"workers must be an integer >= 1, got {workers!r}")
@@ -72,6 +76,7 @@ class UvicornServer:
         self.workers = workers
         self.start_timeout_s = float(start_timeout_s)
         self.stop_timeout_s = float(stop_timeout_s)
+        self.env = dict(env or {})
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -101,7 +106,7 @@ class UvicornServer:
         shared.mkdir(mode=0o700)
         self.uds = str(root / "app.sock")
         settings = replace(self.settings, ready_dir=str(ready))
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env[SETTINGS_VARIABLE] = settings.to_json()
         env[RUNTIME_DIR_VARIABLE] = str(shared)
         package_root = str(Path(__file__).resolve().parents[2])  # the same batch_inference

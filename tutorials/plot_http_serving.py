@@ -78,6 +78,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.patches import Patch
 
 from batch_inference.benchmark import environment, format_environment, run_mode, save_results
 from batch_inference.benchmark.bert import make_queries, random_lengths
@@ -246,12 +247,13 @@ for bar, row in zip(bars, rows):
 ax_rps.set_ylabel("requests / s (higher is better)")
 ax_rps.margins(y=0.15)
 x = np.arange(len(rows))
-ax_lat.bar(x - 0.2, [row["p50 latency (ms)"] for row in rows], 0.4, color=colours, label="p50")
+ax_lat.bar(x - 0.2, [row["p50 latency (ms)"] for row in rows], 0.4, color=colours)
 ax_lat.bar(x + 0.2, [row["p99 latency (ms)"] for row in rows], 0.4, color="white",
-           edgecolor=colours, hatch="//", label="p99")
+           edgecolor=colours, hatch="//")
 ax_lat.set_xticks(x, labels)
 ax_lat.set_ylabel("latency (ms, lower is better)")
-ax_lat.legend()
+ax_lat.legend(handles=[Patch(color="#555555", label="p50"),
+                       Patch(facecolor="white", edgecolor="#555555", hatch="//", label="p99")])
 fig.suptitle(f"{SIZES['clients']} HTTP clients, {SIZES['model']}, {MODE} mode, {DEVICE}")
 fig.tight_layout()
 

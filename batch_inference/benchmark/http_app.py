@@ -160,12 +160,12 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend, served = await asyncio.to_thread(make_backend, settings, model)
-        await backend.start()
-        app.state.backend, app.state.vocab_size = backend, int(served.vocab_size)
-        app.state.weights = str(getattr(served, "weights", "given by the caller"))
-        app.state.host = getattr(backend, "host", None)  # the ModelHost, for its stats()
         ready = None if settings.ready_dir is None else Path(settings.ready_dir) / str(os.getpid())
-        try:
+        try:  # from here on, whatever happens, the backend is closed
+            await backend.start()
+            app.state.backend, app.state.vocab_size = backend, int(served.vocab_size)
+            app.state.weights = str(getattr(served, "weights", "given by the caller"))
+            app.state.host = getattr(backend, "host", None)  # the ModelHost, for its stats()
             if ready is not None:
                 ready.write_text("ready\n", encoding="utf-8")
             yield

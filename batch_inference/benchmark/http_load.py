@@ -36,7 +36,7 @@ class HttpLoadResult:
     wall_s:
         Wall time from the first request sent to the last answer.
     latencies_s:
-        Each answered request's latency, in the order they were sent.
+        Each answered request's latency, in the order the answers came.
     stopped_by:
         ``"count"`` (``max_requests`` were sent) or ``"time"`` (``max_duration_s`` passed).
     outputs:
@@ -114,7 +114,7 @@ async def http_load(
                         ("max_duration_s", max_duration_s),
                         ("request_timeout_s", request_timeout_s)):
         _check_positive(name, value)
-    latencies = np.full(max_requests, np.nan)
+    latencies: list[float] = []  # grows with the requests sent, whatever max_requests is
     outputs: list[Any] = [None] * len(payloads) if keep_outputs else []
     sent = 0
     stopped_by = "count"
@@ -132,7 +132,7 @@ async def http_load(
             begun_s = time.perf_counter()
             response = await client.post(path, json=payload, timeout=request_timeout_s)
             response.raise_for_status()
-            latencies[i] = time.perf_counter() - begun_s
+            latencies.append(time.perf_counter() - begun_s)
             if keep_outputs and i < len(payloads):
                 outputs[i] = response.json()
 
@@ -143,5 +143,4 @@ async def http_load(
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     wall_s = time.monotonic() - started_s
-    done = latencies[:sent]
-    return HttpLoadResult(int(done.size), wall_s, done, stopped_by, outputs)
+    return HttpLoadResult(len(latencies), wall_s, np.asarray(latencies), stopped_by, outputs)

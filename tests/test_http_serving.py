@@ -312,14 +312,34 @@ def test_a_server_that_cannot_start_raises_with_its_log() -> None:
     assert not server.running
 
 
+def _serving_snippets() -> list[str]:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    return re.findall(r"^```python\n(.*?)^```", page, flags=re.M | re.S)
+
+
 def test_the_serving_page_snippet_starts_and_stops_its_host_in_the_lifespan(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
-    (snippet,) = re.findall(r"^```python\n(.*?)^```", page, flags=re.M | re.S)
+    snippet = _serving_snippets()[0]
     assert "lifespan=lifespan" in snippet
     namespace: dict[str, Any] = {"__name__": "__snippet__"}
-    exec(compile(snippet, "docs/serving.md", "exec"), namespace)
+    exec(compile(snippet, "docs/serving.md#0", "exec"), namespace)
     host = namespace["app"].state.host  # set by the lifespan the TestClient ran
     assert host.stats().completed == 1 and not host.running  # served once, then stopped
     assert capsys.readouterr().out.strip() == "[2.0, 4.0]"
+
+
+@pytest.mark.timeout(60)
+def test_the_serving_page_remote_snippet_serves_and_stops(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("zmq")
+    private = tmp_path / "remote"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv(RUNTIME_DIR_VARIABLE, str(private))  # no other process's port
+    snippet = _serving_snippets()[1]
+    assert "AsyncRemoteModelHost" in snippet and "lifespan=lifespan" in snippet
+    namespace: dict[str, Any] = {"__name__": "__snippet__"}
+    exec(compile(snippet, "docs/serving.md#1", "exec"), namespace)
+    assert not namespace["app"].state.host.sync_host.running  # stopped by the lifespan
+    assert capsys.readouterr().out.split() == ["[2.0,", "4.0]", "True"]

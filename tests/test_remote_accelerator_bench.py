@@ -15,6 +15,7 @@ from batch_inference.benchmark.accelerator import (
     V1_PATH_VARIABLE,
     LoadSize,
     capacity_requests_per_s,
+    remote_lone_caller,
     remote_processes_row,
     tasks_row,
     threads_row,
@@ -121,3 +122,6 @@ def test_the_remote_row_serves_client_processes(tmp_path: Path,
     row = remote_processes_row(1, 2, TINY, port=30000 + os.getpid() % 10000)
     assert row.requests_per_s > 0 and len(row.rounds) >= 1
     assert row.label == "1 processes x 2 threads, RemoteModelHost"
+    lone = remote_lone_caller(calls=20, port=30000 + os.getpid() % 10000)
+    assert lone["remote_s"] > 0 and lone["local_s"] > 0
+    assert lone["added_s"] == pytest.approx(lone["remote_s"] - lone["local_s"])

@@ -29,6 +29,11 @@ and ``max_batch_size=64``, the accelerator kept busy with full batches serves
   1.0 needs ``filelock``, ``grpcio``, ``msgpack``, ``msgpack-numpy`` and
   ``protobuf``); otherwise the row is skipped.
 
+It also measures what a **lone caller** in another process pays for the trip:
+one client process calls a local host of its own and the ``RemoteModelHost``
+alternately, with a model that does nothing; the difference of the medians is
+what the remote mode adds.
+
 Hardware: any; no GPU is used. The loads are closed loops bounded in time and
 count: each runs a warm-up, then a few rounds, and reports the median round.
 Quick mode (CPU, the docs build) keeps the page under about 40 seconds; the
@@ -47,6 +52,7 @@ from batch_inference.benchmark import environment, format_environment, run_mode,
 from batch_inference.benchmark.accelerator import (
     LoadSize,
     capacity_requests_per_s,
+    remote_lone_caller,
     remote_processes_row,
     tasks_row,
     threads_row,
@@ -77,6 +83,14 @@ for row in rows:
           + ", ".join(f"{r:,.0f}" for r in row.rounds))
 
 # %%
+# A lone caller's round trip
+# --------------------------
+
+lone = remote_lone_caller(calls=1_000 if MODE == "quick" else 5_000)
+print(f"local host {lone['local_s'] * 1e3:.3f} ms, RemoteModelHost {lone['remote_s'] * 1e3:.3f} ms "
+      f"(medians): the remote mode adds {lone['added_s'] * 1e3:.3f} ms")
+
+# %%
 # Summary
 # -------
 # ``vs threads`` divides each row by the first one (256 threads in one process).
@@ -87,7 +101,8 @@ pd.DataFrame([
      "% of capacity": f"{row.fraction_of_capacity:.0%}",
      "vs threads": f"{row.requests_per_s / threads_rps:.2f}x"}
     for row in rows
-])
+] + [{"Callers": "a lone caller in another process: added latency (median)",
+      "Requests/s": "", "% of capacity": "", "vs threads": f"{lone['added_s'] * 1e3:.3f} ms"}])
 
 # %%
 # Requests per second against the accelerator's capacity
@@ -120,4 +135,5 @@ save_results("accelerator", {
     "rows": [{"label": row.label, "requests_per_s": row.requests_per_s,
               "fraction_of_capacity": row.fraction_of_capacity, "rounds": list(row.rounds)}
              for row in rows],
+    "lone_caller": lone,
 })

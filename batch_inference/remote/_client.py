@@ -261,7 +261,7 @@ class RemoteClient:
             except WireFormatError as error:
                 self._lose(f"the server sent a malformed message: {error}")
 
-    def _on_message(self, header: dict[str, Any], buffers: list[bytes]) -> None:
+    def _on_message(self, header: dict[str, Any], buffers: list[memoryview]) -> None:
         kind = header["kind"]
         if kind == "results":
             for item in header.get("items", []):
@@ -281,7 +281,7 @@ class RemoteClient:
         elif kind == "bye":
             self._lose("the server stopped")
 
-    def _on_result(self, item: Any, buffers: list[bytes]) -> None:
+    def _on_result(self, item: Any, buffers: list[memoryview]) -> None:
         if not isinstance(item, dict) or type(item.get("id")) is not int:
             raise WireFormatError(f"malformed result item {_wire.short(item)}")
         if item.get("ok") is True:

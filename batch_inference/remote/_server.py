@@ -135,7 +135,7 @@ class RemoteServer:
             self._send(identity, {"kind": "refused", "seq": seq,
                                   "error": _wire.error_payload(error)}, [])
 
-    def _on_call(self, identity: bytes, header: dict[str, Any], buffers: list[bytes]) -> None:
+    def _on_call(self, identity: bytes, header: dict[str, Any], buffers: list[memoryview]) -> None:
         items, cancels = header.get("items", []), header.get("cancel", [])
         if not isinstance(items, list) or not isinstance(cancels, list):
             raise WireFormatError("'items' and 'cancel' must be lists")
@@ -149,7 +149,7 @@ class RemoteServer:
         for item in items:
             self._submit(identity, item, buffers)
 
-    def _submit(self, identity: bytes, item: dict[str, Any], buffers: list[bytes]) -> None:
+    def _submit(self, identity: bytes, item: dict[str, Any], buffers: list[memoryview]) -> None:
         """Decode one request and hand it to the host; any error is that request's alone."""
         request_id: int = item["id"]
         try:

@@ -229,6 +229,8 @@ def _raw_dealer(port: int) -> tuple[zmq.Context, zmq.Socket]:
     [b'{"kind": "call", "v": 1, "seq": 4, "items": 3}'],
     [b'{"kind": "launch", "v": 1}'],
     [b'{"kind": "call", "v": 1, "seq": 5, "items": []}', b"x" * 5000],
+    [b"[" * 3000],  # nested too deep for the JSON parser
+    [b'{"kind": "call", "v": 1, "seq": 6, "items": [{"id": 1, "args": {"T": []}}], "z": 1}'],
 ])
 def test_a_malformed_or_oversized_message_is_refused_to_its_sender_alone(
         port: int, hosts, frames: list[bytes]) -> None:
@@ -242,6 +244,20 @@ def test_a_malformed_or_oversized_message_is_refused_to_its_sender_alone(
         assert header["error"]["type"] == "WireFormatError"
         seq = _wire.peek_seq(frames, 1 << 20)
         assert header["seq"] == seq
+    finally:
+        sock.close()
+        context.term()
+    assert client.predict(torch.ones(1, 1), timeout=10)[0, 0] == 2
+
+
+def test_a_message_over_twice_the_limit_leaves_other_clients_served(port: int, hosts) -> None:
+    """ZeroMQ drops such a sender unread (MAXMSGSIZE); the server serves everyone else."""
+    hosts(remote(Doubler, port, max_message_bytes=4096))
+    client = hosts(remote(Doubler, port))
+    context, sock = _raw_dealer(port)
+    try:
+        sock.send_multipart([b'{"kind": "call", "v": 1, "seq": 1, "items": []}', b"x" * 20_000])
+        assert client.predict(torch.ones(1, 1), timeout=10)[0, 0] == 2
     finally:
         sock.close()
         context.term()

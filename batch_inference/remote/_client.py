@@ -76,6 +76,8 @@ class RemoteClient:
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
+        self._socket.setsockopt(zmq.SNDHWM, 0)  # never refuse or drop a call for queue length
+        self._socket.setsockopt(zmq.RCVHWM, 0)
         self._socket.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat_s * 1000))
         self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(3 * heartbeat_s * 1000))
         self._socket.setsockopt(zmq.RECONNECT_IVL, 50)
@@ -258,8 +260,8 @@ class RemoteClient:
             try:
                 header, buffers = _wire.unpack(frames, 2 * self.max_message_bytes)
                 self._on_message(header, buffers)
-            except WireFormatError as error:
-                self._lose(f"the server sent a malformed message: {error}")
+            except Exception as error:  # noqa: BLE001 - the I/O thread must live on
+                self._lose(f"the server sent a malformed message: {error!r}")
 
     def _on_message(self, header: dict[str, Any], buffers: list[memoryview]) -> None:
         kind = header["kind"]

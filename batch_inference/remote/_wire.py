@@ -250,8 +250,8 @@ def unpack(frames: list[bytes], max_message_bytes: int
         raise WireFormatError("empty message")
     try:
         header = json.loads(frames[0])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WireFormatError(f"message header is not JSON: {error}") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
+        raise WireFormatError(f"message header is not JSON: {short(str(error))}") from None
     if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
         raise WireFormatError(f"message header has no 'kind': {short(header)}")
     if header.get("v") != PROTOCOL_VERSION:
@@ -289,7 +289,7 @@ def peek_seq(frames: list[bytes], max_header_bytes: int) -> int | None:
         return None
     try:
         seq = json.loads(frames[0]).get("seq")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         return None
     return seq if type(seq) is int else None
 

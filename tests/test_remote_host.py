@@ -70,6 +70,13 @@ def test_a_linked_runtime_dir_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
         runtime_dir()
 
 
+def test_a_socket_path_too_long_for_the_kernel_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_INFERENCE_RUNTIME_DIR", str(tmp_path / ("d" * 100)))
+    with pytest.raises(ConfigurationError, match="longer than 107 bytes"):
+        socket_path(7000)
+
+
 def test_the_lock_is_exclusive_within_one_process(port: int) -> None:
     first, second = ServerLock(port), ServerLock(port)
     assert first.try_acquire() and not second.try_acquire()

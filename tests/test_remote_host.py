@@ -19,6 +19,7 @@ from _remote_support import Doubler, Gated, remote
 from batch_inference.errors import (
     ConfigurationError,
     HostNotRunningError,
+    HostStoppedError,
     InvalidRequestError,
     QueueFullError,
     RemoteHostLostError,
@@ -210,6 +211,21 @@ def test_stopping_the_server_drains_then_clients_fail_typed(port: int, hosts, wa
     hosts(remote(Doubler, port))
     wait_until(lambda: client.running)
     assert client.predict(torch.ones(1, 1), timeout=10)[0, 0] == 2
+
+
+def test_stopping_a_client_waits_for_its_calls_then_fails_the_rest(port: int, hosts) -> None:
+    entered, release = threading.Event(), threading.Event()
+    hosts(remote(Gated, port, entered, release))
+    client = remote(Gated, port, entered, release).start()
+    held = client.submit(torch.ones(1, 1))
+    assert entered.wait(10)
+    assert client.stop(timeout=0.2) is False  # the gate holds its call
+    with pytest.raises(HostStoppedError):
+        held.result(10)
+    release.set()
+    again = remote(Gated, port, entered, release).start()
+    assert again.predict(torch.ones(1, 1), timeout=10)[0, 0] == 2
+    assert again.stop(timeout=10) is True
 
 
 def test_calls_before_start_and_after_stop_are_refused(port: int) -> None:

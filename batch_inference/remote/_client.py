@@ -178,8 +178,11 @@ class RemoteClient:
             self._cancels.append(request_id)  # tell the server to drop it
             self._wakeup.set()
 
-    def close(self, timeout_s: float | None = None) -> None:
-        """Wait (up to ``timeout_s``) for pending calls, then fail the rest and disconnect."""
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Wait (up to ``timeout_s``) for pending calls, then fail the rest and disconnect.
+
+        Returns ``True`` when no call was left to fail.
+        """
         self._closing = True
         deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
         while self._pending and self._connected:
@@ -187,10 +190,12 @@ class RemoteClient:
             if wait_s <= 0:
                 break
             self._idle.wait(wait_s)  # set by the I/O thread when nothing is pending
+        finished = not self._pending
         self._fail_all(HostStoppedError("the remote host was stopped before this call finished"))
         self._wakeup.set()
         self._thread.join(5.0)
         self._wakeup.close()
+        return finished
 
     # ------------------------------------------------------------------ I/O thread
     def _loop(self) -> None:

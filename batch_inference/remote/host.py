@@ -155,9 +155,7 @@ class RemoteModelHost:
             server, client = self._server, self._client
             self._server = self._client = None
             if client is not None:
-                pending = client.pending_count
-                client.close(timeout)
-                return pending == 0 or client.pending_count == 0
+                return client.close(timeout)
             if server is None:
                 return True
             server.refuse_new()

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import torch
-
 from _remote_support import Doubler, Gated, client_calls, remote, serve_gated, start_at_once
+
 from batch_inference.errors import RemoteHostLostError
 
 pytestmark = pytest.mark.slow

@@ -19,6 +19,7 @@ from _remote_support import Doubler, Gated, remote
 from batch_inference.errors import (
     ConfigurationError,
     HostNotRunningError,
+    HostStoppedError,
     InvalidRequestError,
     QueueFullError,
     RemoteHostLostError,
@@ -68,6 +69,13 @@ def test_a_linked_runtime_dir_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("BATCH_INFERENCE_RUNTIME_DIR", str(tmp_path / "link"))
     with pytest.raises(ConfigurationError, match="not a directory"):
         runtime_dir()
+
+
+def test_a_socket_path_too_long_for_the_kernel_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_INFERENCE_RUNTIME_DIR", str(tmp_path / ("d" * 100)))
+    with pytest.raises(ConfigurationError, match="longer than 107 bytes"):
+        socket_path(7000)
 
 
 def test_the_lock_is_exclusive_within_one_process(port: int) -> None:
@@ -205,6 +213,21 @@ def test_stopping_the_server_drains_then_clients_fail_typed(port: int, hosts, wa
     assert client.predict(torch.ones(1, 1), timeout=10)[0, 0] == 2
 
 
+def test_stopping_a_client_waits_for_its_calls_then_fails_the_rest(port: int, hosts) -> None:
+    entered, release = threading.Event(), threading.Event()
+    hosts(remote(Gated, port, entered, release))
+    client = remote(Gated, port, entered, release).start()
+    held = client.submit(torch.ones(1, 1))
+    assert entered.wait(10)
+    assert client.stop(timeout=0.2) is False  # the gate holds its call
+    with pytest.raises(HostStoppedError):
+        held.result(10)
+    release.set()
+    again = remote(Gated, port, entered, release).start()
+    assert again.predict(torch.ones(1, 1), timeout=10)[0, 0] == 2
+    assert again.stop(timeout=10) is True
+
+
 def test_calls_before_start_and_after_stop_are_refused(port: int) -> None:
     host = remote(Doubler, port)
     with pytest.raises(HostNotRunningError):
@@ -229,6 +252,8 @@ def _raw_dealer(port: int) -> tuple[zmq.Context, zmq.Socket]:
     [b'{"kind": "call", "v": 1, "seq": 4, "items": 3}'],
     [b'{"kind": "launch", "v": 1}'],
     [b'{"kind": "call", "v": 1, "seq": 5, "items": []}', b"x" * 5000],
+    [b"[" * 3000],  # nested too deep for the JSON parser
+    [b'{"kind": "call", "v": 1, "seq": 6, "items": [{"id": 1, "args": {"T": []}}], "z": 1}'],
 ])
 def test_a_malformed_or_oversized_message_is_refused_to_its_sender_alone(
         port: int, hosts, frames: list[bytes]) -> None:
@@ -242,6 +267,20 @@ def test_a_malformed_or_oversized_message_is_refused_to_its_sender_alone(
         assert header["error"]["type"] == "WireFormatError"
         seq = _wire.peek_seq(frames, 1 << 20)
         assert header["seq"] == seq
+    finally:
+        sock.close()
+        context.term()
+    assert client.predict(torch.ones(1, 1), timeout=10)[0, 0] == 2
+
+
+def test_a_message_over_twice_the_limit_leaves_other_clients_served(port: int, hosts) -> None:
+    """ZeroMQ drops such a sender unread (MAXMSGSIZE); the server serves everyone else."""
+    hosts(remote(Doubler, port, max_message_bytes=4096))
+    client = hosts(remote(Doubler, port))
+    context, sock = _raw_dealer(port)
+    try:
+        sock.send_multipart([b'{"kind": "call", "v": 1, "seq": 1, "items": []}', b"x" * 20_000])
+        assert client.predict(torch.ones(1, 1), timeout=10)[0, 0] == 2
     finally:
         sock.close()
         context.term()

@@ -152,3 +152,21 @@ def test_peek_seq_reads_a_refused_message_header_only_when_small() -> None:
     assert _wire.peek_seq(frames, 1000) == 7
     assert _wire.peek_seq(frames, 3) is None
     assert _wire.peek_seq([b"not json"], 1000) is None
+
+
+def test_small_buffers_share_a_frame_and_large_ones_get_their_own() -> None:
+    big = np.zeros(_wire.OWN_FRAME_BYTES // 4 + 1, dtype=np.float32)
+    small = np.arange(3, dtype=np.int16)
+    encoded = _wire.encode_value((small, big, b"xy", small))
+    frames = [bytes(f) for f in _wire.pack({"kind": "x", "v": _wire.PROTOCOL_VERSION},
+                                          encoded.buffers)]
+    assert len(frames) == 3  # header, the small ones joined, the big one
+    header, buffers = _wire.unpack(frames, 1 << 20)
+    assert same(_wire.decode_value(encoded.tree, buffers), (small, big, b"xy", small))
+
+
+@pytest.mark.parametrize("table", [[5], [-1], [1, "2"], "abc", [-2]])
+def test_a_buffer_table_that_does_not_match_the_frames_is_refused(table: Any) -> None:
+    header = json.dumps({"kind": "call", "v": _wire.PROTOCOL_VERSION, "z": table}).encode()
+    with pytest.raises(WireFormatError, match="buffer table"):
+        _wire.unpack([header, b"abc"], 1000)

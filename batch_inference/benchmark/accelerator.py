@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ __all__ = [
     "threads_row",
     "tasks_row",
     "remote_processes_row",
+    "remote_lone_caller",
     "v1_threads_row",
 ]
 
@@ -107,29 +110,34 @@ def _child_env(extra_path: str | None = None) -> dict[str, str]:
     return env
 
 
-def remote_processes_row(n_processes: int = 4, threads_per_process: int = 64,
-                         size: LoadSize = LoadSize(), port: int | None = None) -> AcceleratorRow:
-    """``n_processes`` client processes x ``threads_per_process`` threads via RemoteModelHost.
+class _NullModel(harness.SimulatedAccelerator):
+    """The simulated accelerator with no device time: what remains is the hosts' own cost."""
 
-    This process serves (it must win the port's election); the clients start,
-    connect and warm up, then all run their rounds at once. The row's rate is
-    the sum of the clients' median rates.
+    def __init__(self) -> None:
+        super().__init__(0.0, 0.0)
+
+
+def _serve_children(model_cls: type, port: int | None, configs: list[dict[str, Any]]
+                    ) -> list[dict[str, Any]]:
+    """Serve ``model_cls`` here while one client process per config runs; their JSON results.
+
+    The clients start, connect and say ``ready``; then all get ``go`` at once.
     """
     from ..remote import RemoteModelHost
 
     port = port if port is not None else 47000 + os.getpid() % 2000
-    server = RemoteModelHost(harness.SimulatedAccelerator, port, ConcatBatcher(),
-                             MAX_BATCH_SIZE, wait_ms=0, wait_n=MAX_BATCH_SIZE)
+    server = RemoteModelHost(model_cls, port, ConcatBatcher(), MAX_BATCH_SIZE, wait_ms=0,
+                             wait_n=MAX_BATCH_SIZE)
     with server:
         if not server.is_server:
             raise ConfigurationError(f"port {port} is already served by another process")
-        config = json.dumps({"port": port, "threads": threads_per_process, **size.as_dict()})
         children = [subprocess.Popen(
-            [sys.executable, "-m", "batch_inference.benchmark.accelerator", "client", config],
+            [sys.executable, "-m", "batch_inference.benchmark.accelerator", "client",
+             json.dumps({"port": port, **config})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env(),
-        ) for _ in range(n_processes)]
+        ) for config in configs]
         try:
-            for child in children:  # each prints "ready" once connected
+            for child in children:
                 assert child.stdout is not None
                 line = child.stdout.readline().strip()
                 if line != "ready":
@@ -138,13 +146,36 @@ def remote_processes_row(n_processes: int = 4, threads_per_process: int = 64,
                 assert child.stdin is not None
                 child.stdin.write("go\n")
                 child.stdin.flush()
-            results = [json.loads(child.communicate(timeout=_CHILD_TIMEOUT_S)[0])
-                       for child in children]
+            return [json.loads(child.communicate(timeout=_CHILD_TIMEOUT_S)[0])
+                    for child in children]
         finally:
             for child in children:
                 if child.poll() is None:
                     child.kill()
                     child.wait(10)
+
+
+def remote_lone_caller(calls: int = 2_000, port: int | None = None) -> dict[str, float]:
+    """What a lone caller in another process pays through RemoteModelHost, over a local host.
+
+    One client process calls, alternately, a local ``ModelHost`` of its own and
+    the ``RemoteModelHost`` served here (both with a model that does nothing);
+    returns the medians ``local_s``, ``remote_s`` and their difference ``added_s``.
+    """
+    (result,) = _serve_children(_NullModel, port, [{"mode": "lone", "calls": calls}])
+    return {key: float(result[key]) for key in ("local_s", "remote_s", "added_s")}
+
+
+def remote_processes_row(n_processes: int = 4, threads_per_process: int = 64,
+                         size: LoadSize = LoadSize(), port: int | None = None) -> AcceleratorRow:
+    """``n_processes`` client processes x ``threads_per_process`` threads via RemoteModelHost.
+
+    This process serves (it must win the port's election); the clients start,
+    connect and warm up, then all run their rounds at once. The row's rate is
+    the sum of the clients' median rates.
+    """
+    config = {"mode": "load", "threads": threads_per_process, **size.as_dict()}
+    results = _serve_children(harness.SimulatedAccelerator, port, [config] * n_processes)
     total = sum(r["requests_per_s"] for r in results)
     rounds = tuple(sum(r) for r in zip(*(r["rounds"] for r in results)))
     return AcceleratorRow(f"{n_processes} processes x {threads_per_process} threads, "
@@ -185,11 +216,34 @@ def _client(config: dict[str, Any]) -> None:
         print("ready", flush=True)
         if sys.stdin.readline().strip() != "go":
             return
-        result = harness.thread_load(host.predict, config["threads"], config["rounds"],
-                                     config["round_s"], config["warmup_s"])
+        if config["mode"] == "lone":
+            result = _lone(host.predict, config["calls"])
+        else:
+            result = harness.thread_load(host.predict, config["threads"], config["rounds"],
+                                         config["round_s"], config["warmup_s"])
         print(json.dumps(result), flush=True)
     finally:
         host.stop(timeout=10)
+
+
+def _lone(remote_predict: Any, calls: int) -> dict[str, float]:
+    """Alternate a local host and the remote one, one call at a time; medians after a warm-up."""
+    local_s: list[float] = []
+    remote_s: list[float] = []
+    with ModelHost(model_obj=_NullModel(), batcher=ConcatBatcher(),
+                   max_batch_size=MAX_BATCH_SIZE) as local:
+        for i in range(calls + calls // 10):
+            start = time.perf_counter()
+            local.predict(harness.ROW)
+            middle = time.perf_counter()
+            remote_predict(harness.ROW)
+            end = time.perf_counter()
+            if i >= calls // 10:  # the first tenth warms up
+                local_s.append(middle - start)
+                remote_s.append(end - middle)
+    local_median, remote_median = statistics.median(local_s), statistics.median(remote_s)
+    return {"local_s": local_median, "remote_s": remote_median,
+            "added_s": remote_median - local_median}
 
 
 if __name__ == "__main__":

@@ -71,9 +71,19 @@ def _verify_private(path: Path) -> None:
         )
 
 
+#: Longest Unix socket path the kernel takes (``sun_path`` is 108 bytes, with its NUL).
+MAX_SOCKET_PATH = 107
+
+
 def socket_path(port: int) -> Path:
     """The Unix socket that port ``port`` names."""
-    return runtime_dir() / f"port-{check_port(port)}.sock"
+    path = runtime_dir() / f"port-{check_port(port)}.sock"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigurationError(
+            f"the socket path {str(path)!r} is longer than {MAX_SOCKET_PATH} bytes: "
+            "set BATCH_INFERENCE_RUNTIME_DIR to a shorter private directory"
+        )
+    return path
 
 
 class ServerLock:

@@ -52,6 +52,10 @@ class RemoteServer:
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 1000)
         self._socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
+        # No high-water mark: at one, ROUTER drops replies silently, and a dropped result would
+        # leave its caller waiting. Queues stay bounded by the clients' own outstanding calls.
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
         if path.exists() or path.is_symlink():
             path.unlink()  # a dead server's socket: we hold the lock, so nobody serves it
         self._socket.bind(f"ipc://{path}")
@@ -129,13 +133,15 @@ class RemoteServer:
                 self._on_call(identity, header, buffers)
             else:
                 raise WireFormatError(f"unknown message kind {kind!r}")
-        except WireFormatError as error:
+        except Exception as error:  # whatever a peer sends, the I/O thread lives on
+            if not isinstance(error, WireFormatError):
+                error = WireFormatError(f"malformed message ({type(error).__name__}: {error})")
             if seq is None:
                 seq = _wire.peek_seq(frames, self.max_message_bytes)
             self._send(identity, {"kind": "refused", "seq": seq,
                                   "error": _wire.error_payload(error)}, [])
 
-    def _on_call(self, identity: bytes, header: dict[str, Any], buffers: list[bytes]) -> None:
+    def _on_call(self, identity: bytes, header: dict[str, Any], buffers: list[memoryview]) -> None:
         items, cancels = header.get("items", []), header.get("cancel", [])
         if not isinstance(items, list) or not isinstance(cancels, list):
             raise WireFormatError("'items' and 'cancel' must be lists")
@@ -149,7 +155,7 @@ class RemoteServer:
         for item in items:
             self._submit(identity, item, buffers)
 
-    def _submit(self, identity: bytes, item: dict[str, Any], buffers: list[bytes]) -> None:
+    def _submit(self, identity: bytes, item: dict[str, Any], buffers: list[memoryview]) -> None:
         """Decode one request and hand it to the host; any error is that request's alone."""
         request_id: int = item["id"]
         try:
@@ -200,8 +206,9 @@ def _outcome(request_id: int, future: Future[Any]) -> tuple[dict[str, Any], _wir
         try:
             encoded = _wire.encode_value(future.result())
             return {"id": request_id, "ok": True, "value": encoded.tree}, encoded
-        except WireFormatError as wire_error:
-            error = wire_error
+        except Exception as encode_error:
+            error = encode_error if isinstance(encode_error, WireFormatError) else \
+                WireFormatError(f"the result cannot be encoded: {encode_error!r}")
     text = "".join(traceback.format_exception(error))
     return {"id": request_id, "ok": False, "error": _wire.error_payload(error, text)}, None
 

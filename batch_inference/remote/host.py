@@ -7,7 +7,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from .._checks import checked_timeout, positive_int, remaining
+from .._checks import checked_timeout, positive_int
 from ..batcher.base import Batcher
 from ..errors import ConfigurationError, HostNotRunningError, RemoteHostLostError
 from ..errors import RequestTimeoutError as _RequestTimeoutError
@@ -155,9 +155,7 @@ class RemoteModelHost:
             server, client = self._server, self._client
             self._server = self._client = None
             if client is not None:
-                pending = client.pending_count
-                client.close(timeout)
-                return pending == 0 or client.pending_count == 0
+                return client.close(timeout)
             if server is None:
                 return True
             server.refuse_new()
@@ -210,15 +208,9 @@ class RemoteModelHost:
         if client is None:
             raise HostNotRunningError(
                 "the remote host is not running: call start() (or use `with host:`) first")
-        deadline_s = self._deadline(timeout)
-        future = client.submit(args, deadline_s)
         try:
-            return future.result(remaining(deadline_s))
-        except TimeoutError:
-            if future.done():
-                return future.result()
-            future.cancel()
+            return client.call(args, self._deadline(timeout))
+        except TimeoutError as error:
+            if isinstance(error, _RequestTimeoutError):
+                raise  # the call's own outcome (the server's deadline, or the model's error)
             raise _RequestTimeoutError(f"no result within the deadline of {timeout} s") from None
-        except BaseException:
-            future.cancel()
-            raise

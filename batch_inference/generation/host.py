@@ -14,7 +14,6 @@ from ..batcher.base import RequestInfo
 from ..errors import (
     ConfigurationError,
     HostBrokenError,
-    HostNotRunningError,
     HostStoppedError,
     RequestTimeoutError,
 )

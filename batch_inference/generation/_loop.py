@@ -4,7 +4,10 @@ Each turn of the loop is one *step boundary*: rows whose caller cancelled,
 whose deadline passed, or whose host is stopping leave; waiting requests join
 (prefilled together, their state concatenated to the running batch's; with
 ``policy="static"`` only once the running batch is empty); then one step feeds
-every row its latest token. A row leaves the moment it produced EOS or its
+every row its latest token. A prefill costs about a step, so with a running
+batch, waiting requests join once ``min_join_rows`` rows are free, or once
+they have waited ``max_join_delay_steps`` steps, whichever comes first (with
+an empty batch they start at once). A row leaves the moment it produced EOS or its
 own ``max_new_tokens``. The loop never waits while it has rows to decode; with
 none it blocks on the queue until a request comes or the queue closes.
 """
@@ -65,6 +68,8 @@ class DecodeLoop:
         ``"continuous"`` or ``"static"`` (see the module docstring).
     eos_token_id:
         A row that produces it finishes (the token is part of its completion).
+    min_join_rows, max_join_delay_steps:
+        When waiting requests join a running batch (see the module docstring).
     on_break:
         Called with a ``BaseException`` raised by the model (the loop then ends).
     """
@@ -78,6 +83,8 @@ class DecodeLoop:
         policy: Policy,
         eos_token_id: int | None,
         on_break: Callable[[BaseException, list[Request]], None],
+        min_join_rows: int = 1,
+        max_join_delay_steps: int = 0,
     ) -> None:
         self.model = model
         self.queue = queue
@@ -86,6 +93,9 @@ class DecodeLoop:
         self.policy = policy
         self.eos_token_id = eos_token_id
         self.on_break = on_break
+        self.min_join_rows = min_join_rows
+        self.max_join_delay_steps = max_join_delay_steps
+        self._deferred_steps = 0  # steps that requests waited while rows were free
         #: Set by ``stop(cancel_pending=True)``: running rows get HostStoppedError.
         self.aborting = False
         self._limits = BatchLimits(max_batch_size)
@@ -110,7 +120,7 @@ class DecodeLoop:
             joining = self.queue.take(_ARRIVAL_ORDER, lambda: self._limits, self.expire)
             if joining is None:
                 return False
-        elif self.policy == "continuous" and len(self._rows) < self.max_batch_size:
+        elif self._may_join():
             joining = self.queue.take_ready(self.max_batch_size - len(self._rows), self.expire)
         else:
             joining = []
@@ -119,6 +129,17 @@ class DecodeLoop:
         if self._rows:
             self._step()
         return True
+
+    def _may_join(self) -> bool:
+        """Whether waiting requests join the running batch at this step boundary."""
+        free = self.max_batch_size - len(self._rows)
+        if self.policy != "continuous" or free <= 0 or not len(self.queue):
+            return False
+        if free >= self.min_join_rows or self._deferred_steps >= self.max_join_delay_steps:
+            self._deferred_steps = 0
+            return True
+        self._deferred_steps += 1
+        return False
 
     def _join(self, requests: list[Request]) -> None:
         """Prefill ``requests`` and add the ones not finished at once to the running batch."""

@@ -89,10 +89,17 @@ class CausalLMBatch:
 
 
 def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """A ``DynamicCache`` holding ``layers``."""
+    """A ``DynamicCache`` holding ``layers`` (the tensors themselves, not copies)."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
-    return DynamicCache(layers)
+    cache = DynamicCache()
+    for keys, values in layers:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)  # sets device, dtype and is_initialized
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
 
 
 def _pad_left(tensor: torch.Tensor, count: int, dim: int) -> torch.Tensor:

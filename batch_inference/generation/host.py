@@ -65,6 +65,14 @@ class GenerationHost:
         Most requests waiting; a further one gets ``QueueFullError`` at once.
     default_timeout_s:
         Deadline of a request that gives none (``None``: no deadline).
+    min_join_rows:
+        With ``policy="continuous"`` and a running batch, waiting requests
+        join once this many rows are free (a prefill costs about one step, so
+        joining one row at a time would cost a step per row); default
+        ``max(1, max_batch_size // 8)``.
+    max_join_delay_steps:
+        ... or once they have waited this many steps with rows free (default 8).
+        An idle host starts a request at once.
 
     Every caller gets exactly the tokens greedy decoding of its prompt alone
     gives, whatever shares its batch and whenever it joined.
@@ -79,8 +87,18 @@ class GenerationHost:
         eos_token_id: int | None = None,
         max_queue_size: int | None = None,
         default_timeout_s: float | None = None,
+        min_join_rows: int | None = None,
+        max_join_delay_steps: int = 8,
     ) -> None:
         self.max_batch_size = positive_int("max_batch_size", max_batch_size)
+        self.min_join_rows = (max(1, max_batch_size // 8) if min_join_rows is None
+                              else positive_int("min_join_rows", min_join_rows))
+        if isinstance(max_join_delay_steps, bool) or not isinstance(max_join_delay_steps, int) \
+                or max_join_delay_steps < 0:
+            raise ConfigurationError(
+                f"max_join_delay_steps must be an integer >= 0, got {max_join_delay_steps!r}"
+            )
+        self.max_join_delay_steps = max_join_delay_steps
         if policy not in _POLICIES:
             raise ConfigurationError(f"policy must be one of {_POLICIES}, got {policy!r}")
         if eos_token_id is not None and (isinstance(eos_token_id, bool)
@@ -122,7 +140,8 @@ class GenerationHost:
             self._broken = None
             self._queue = RequestQueue(self.max_queue_size)
             self._loop = DecodeLoop(self.model, self._queue, self._recorder, self.max_batch_size,
-                                    self.policy, self.eos_token_id, self._break)
+                                    self.policy, self.eos_token_id, self._break,
+                                    self.min_join_rows, self.max_join_delay_steps)
             self._thread = threading.Thread(
                 target=self._loop.run, name="batch_inference-generation", daemon=True
             )
@@ -213,7 +232,7 @@ class GenerationHost:
         now_s = time.monotonic()
         request = Request((), RequestInfo(length=len(ids)), now_s,
                           None if timeout is None else now_s + timeout)
-        stream = TokenStream(ids, count, request.future, request.deadline_s)
+        stream = TokenStream(ids, count, request.future, now_s, request.deadline_s)
         request.args = (stream,)
         stream._cancel = lambda: self._cancel_queued(request)
         self._queue.put(request)

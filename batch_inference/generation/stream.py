@@ -37,16 +37,27 @@ class TokenStream:
         The prompt's token ids.
     max_new_tokens:
         Most tokens this request generates.
+    queued_s:
+        ``time.monotonic()`` when the request was queued.
     deadline_s:
         ``time.monotonic()`` deadline of the request, or ``None``.
+    first_token_s, finished_s:
+        ``time.monotonic()`` of its first token and of its end (``None`` until then).
     """
 
     def __init__(
-        self, prompt: list[int], max_new_tokens: int, future: Any, deadline_s: float | None = None
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        future: Any,
+        queued_s: float,
+        deadline_s: float | None = None,
     ) -> None:
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
+        self.queued_s = queued_s
         self.deadline_s = deadline_s
+        self.finished_s: float | None = None
         self._future = future  # the request's concurrent.futures.Future
         self._tokens: list[int] = []
         self._done = False
@@ -181,6 +192,7 @@ class TokenStream:
     def _close(self) -> None:
         """End the stream (its future is settled): wake every reader."""
         with self._changed:
+            self.finished_s = time.monotonic()
             self._done = True
             self._changed.notify_all()
             waiters = self._take_waiters()

@@ -57,6 +57,9 @@ def reference(model: Any, prompt: list[int], max_new_tokens: int,
 class GatedModel:
     """A step-wise model whose step ``gate_at`` (0-based) blocks until ``release`` is set.
 
+    ``more_gates`` are further step indices that block the same way, each on
+    its own pair of events in ``gates[index] = (entered, release)``.
+
     Attributes
     ----------
     calls:
@@ -64,7 +67,7 @@ class GatedModel:
     """
 
     def __init__(self, inner: Any, gate_at: int | None = 0, fail_at: int | None = None,
-                 error: BaseException | None = None) -> None:
+                 error: BaseException | None = None, more_gates: Sequence[int] = ()) -> None:
         self.inner = inner
         self.max_positions = inner.max_positions
         self.vocab_size = inner.vocab_size
@@ -75,6 +78,14 @@ class GatedModel:
         self.release = threading.Event()
         self.calls: list[tuple[str, int]] = []
         self._steps = 0
+        self.gates = {i: (threading.Event(), threading.Event()) for i in more_gates}
+        if gate_at is not None:
+            self.gates[gate_at] = (self.entered, self.release)
+
+    def open_all(self) -> None:
+        """Release every gate (teardown: no worker stays blocked)."""
+        for _, release in self.gates.values():
+            release.set()
 
     def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[Any, Any]:
         self.calls.append(("prefill", len(prompts)))
@@ -83,10 +94,11 @@ class GatedModel:
     def step(self, batch: Any, tokens: Sequence[int]) -> tuple[Any, Any]:
         self.calls.append(("step", len(tokens)))
         index, self._steps = self._steps, self._steps + 1
-        if index == self.gate_at:
-            self.entered.set()
-            if not self.release.wait(60):
-                raise TimeoutError("the test never released the gate")
+        if index in self.gates:
+            entered, release = self.gates[index]
+            entered.set()
+            if not release.wait(60):
+                raise TimeoutError(f"the test never released the gate of step {index}")
         if index == self.fail_at and self.error is not None:
             raise self.error
         return self.inner.step(batch, tokens)

@@ -117,3 +117,24 @@ def test_filter_and_concatenate_keep_rows_exact(model: Any) -> None:
     assert got[0] == expected[0]
     assert got[1] == expected[1][:5]
     assert got[2] == expected[2][:len(got[2])] and len(got[2]) == 7
+
+
+def test_joins_wait_for_min_join_rows_free_or_max_join_delay_steps(
+    model: Any, hosts: Any
+) -> None:
+    gated = GatedModel(HFCausalLM(model), gate_at=0, more_gates=[2])
+    host = hosts(gated, max_batch_size=8, min_join_rows=4, max_join_delay_steps=3)
+    first = host.stream([1, 2], 40)
+    assert gated.entered.wait(WAIT_S)
+    six = [host.stream(p, 40) for p in prompts([3, 4, 5, 6, 7, 8], seed=13)]
+    gated.release.set()  # 7 rows free >= 4: the six join at once
+    entered, release = gated.gates[2]
+    assert entered.wait(WAIT_S)
+    late = host.stream([9, 10, 11], 20)
+    release.set()  # 1 row free < 4: the late one waits 3 steps, then joins
+    for stream in [first, *six, late]:
+        assert stream.result(WAIT_S) == reference(model, stream.prompt, stream.max_new_tokens)
+    gate = [i for i, call in enumerate(gated.calls) if call[0] == "step"][2]
+    assert gated.calls[1:4] == [("step", 1), ("prefill", 6), ("step", 7)]
+    assert gated.calls[gate:gate + 6] == [("step", 7)] * 4 + [("prefill", 1), ("step", 8)]
+    assert GenerationHost(model, max_batch_size=32).min_join_rows == 4

@@ -194,8 +194,13 @@ def run_poisson(model: Any, method: str, workload: Workload, rate_per_s: float,
 
 def step_cost_curve(model: Any, batch_sizes: Sequence[int], context: int = 32,
                     steps: int = 12) -> dict[int, float]:
-    """Median seconds of one decoding step at each batch size (``context`` tokens each)."""
+    """Median seconds of one decoding step at each batch size (``context`` tokens each).
+
+    A step is timed up to its tokens as Python ints (the host needs them), so on a GPU
+    the time includes waiting for the device.
+    """
     from ..generation.host import as_step_model
+    from ..generation.protocol import greedy_tokens
 
     lm: StepModel = as_step_model(model)
     curve = {}
@@ -206,6 +211,7 @@ def step_cost_curve(model: Any, batch_sizes: Sequence[int], context: int = 32,
         for _ in range(steps + 2):  # the first two are warm-up
             start = time.perf_counter()
             batch, logits = lm.step(batch, tokens)
+            greedy_tokens(logits)
             times.append(time.perf_counter() - start)
         curve[size] = statistics.median(times[2:])
     return curve

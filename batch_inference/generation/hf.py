@@ -121,6 +121,10 @@ class HFCausalLM:
     pad_token_id:
         The id fed at padding positions (masked out, so any valid id works).
 
+    The model must take ``attention_mask`` and ``position_ids`` and keep one
+    full-attention ``DynamicCache`` layer per decoder layer (GPT-2, Llama-style
+    models); sliding-window or recurrent caches are not handled.
+
     Attributes
     ----------
     max_positions:

@@ -116,8 +116,11 @@ def test_cancelling_the_awaiting_task_cancels_the_request(model: Any) -> None:
     with GenerationHost(gated) as host:
         stream = host.stream([1, 2], 20)
 
+        async def awaiting() -> list[int]:
+            return await stream
+
         async def main() -> None:
-            task = asyncio.ensure_future(stream._wait_async())
+            task = asyncio.ensure_future(awaiting())
             loop = asyncio.get_running_loop()
             assert await loop.run_in_executor(None, gated.entered.wait, WAIT_S)
             task.cancel()

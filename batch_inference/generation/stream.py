@@ -62,7 +62,8 @@ class TokenStream:
         self._tokens: list[int] = []
         self._done = False
         self._changed = threading.Condition(threading.Lock())
-        self._waiters: list[_Waiter] = []
+        self._waiters: list[_Waiter] = []  # async readers: woken by every token and the end
+        self._end_waiters: list[_Waiter] = []  # awaiting the whole completion: by the end only
         self._cancel: Callable[[], None] = lambda: None
         self.cancel_requested = False
         self.first_token_s: float | None = None
@@ -158,17 +159,25 @@ class TokenStream:
         return self._wait_async().__await__()
 
     async def _wait_async(self) -> list[int]:
-        try:
-            async for _ in self:
-                pass
-        except asyncio.CancelledError:
-            self.cancel()  # the awaiting task was cancelled: its row leaves at the next step
-            raise
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._changed:
+                if self._done:
+                    break
+                waiter = loop.create_future()
+                self._end_waiters.append((loop, waiter))
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._forget(waiter)
+                self.cancel()  # the awaiting task was cancelled: its row leaves at the next step
+                raise
         return self.result(0)
 
     def _forget(self, waiter: asyncio.Future) -> None:
         with self._changed:
             self._waiters = [w for w in self._waiters if w[1] is not waiter]
+            self._end_waiters = [w for w in self._end_waiters if w[1] is not waiter]
 
     def _exception(self) -> BaseException | None:
         future = self._future
@@ -195,7 +204,8 @@ class TokenStream:
             self.finished_s = time.monotonic()
             self._done = True
             self._changed.notify_all()
-            waiters = self._take_waiters()
+            waiters = self._take_waiters() + self._end_waiters
+            self._end_waiters = []
         _wake(waiters)
 
 

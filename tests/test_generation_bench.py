@@ -17,6 +17,7 @@ from batch_inference.benchmark.generation import (
     latency_table,
     load_gpt2,
     make_workload,
+    median_run,
     run_closed_loop,
     run_poisson,
     step_cost_curve,
@@ -95,3 +96,13 @@ def test_load_gpt2_quick_is_random_and_says_so() -> None:
     assert loaded.vocab_size == loaded.model.config.vocab_size and loaded.max_positions > 64
     with pytest.raises(ConfigurationError, match="'fast'"):
         load_gpt2("fast")
+
+
+def test_median_run_is_the_middle_round_of_one_method() -> None:
+    rounds = [_run("Baseline", wall_s, 100) for wall_s in (1.0, 4.0, 2.0)]
+    assert median_run(rounds) is rounds[2]
+    assert median_run(rounds[:2]) is rounds[1]  # the lower middle: the slower of two
+    with pytest.raises(ConfigurationError, match="'Static batching'"):
+        median_run([rounds[0], _run("Static batching", 1.0, 100)])
+    with pytest.raises(ConfigurationError):
+        median_run([])

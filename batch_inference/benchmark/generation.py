@@ -33,6 +33,7 @@ __all__ = [
     "latency_table",
     "load_gpt2",
     "make_workload",
+    "median_run",
     "run_closed_loop",
     "run_poisson",
     "step_cost_curve",
@@ -215,6 +216,16 @@ def step_cost_curve(model: Any, batch_sizes: Sequence[int], context: int = 32,
             times.append(time.perf_counter() - start)
         curve[size] = statistics.median(times[2:])
     return curve
+
+
+def median_run(runs: Sequence[GenerationRun]) -> GenerationRun:
+    """The run of median tokens/s among rounds of one method (the lower middle for even counts)."""
+    if not runs or len({r.method for r in runs}) != 1:
+        raise ConfigurationError(
+            f"median_run needs rounds of one method, got {[r.method for r in runs]}"
+        )
+    ordered = sorted(runs, key=lambda r: r.tokens_per_s)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def generation_table(runs: Sequence[GenerationRun], baseline: str = "Baseline") -> list[dict]:

@@ -31,7 +31,8 @@ class GenerationStats:
     running_sizes:
         ``{rows in the running batch: number of steps}``.
     active_s:
-        Seconds the worker had rows to decode (the time ``tokens_per_s`` is over).
+        Seconds the worker spent in ``prefill`` and ``step`` calls, their argmax
+        included (the time :attr:`tokens_per_s` is over).
     time_to_first_token_s:
         From queueing to the request's first token.
     latency_s:

@@ -276,3 +276,30 @@ def test_take_ready_takes_what_waits_without_blocking() -> None:
     assert gone == [expired] and first.future.running()
     assert len(queue) == 1 and queue.take_ready(0, gone.append) == []
     assert queue.take_ready(5, gone.append) == [third] and len(queue) == 0
+
+
+def test_generate_gives_up_at_its_deadline_while_the_model_is_stuck(model: Any) -> None:
+    gated = GatedModel(HFCausalLM(model), gate_at=0)
+    host = GenerationHost(gated).start()
+    try:
+        first = host.stream([3], 4)
+        assert gated.entered.wait(WAIT_S)
+        with pytest.raises(RequestTimeoutError):
+            host.generate([1, 2], 10, timeout=0.05)  # the gated step outlasts its deadline
+    finally:
+        gated.release.set()
+        assert host.stop(timeout=WAIT_S)
+    assert first.result(0) == reference(model, [3], 4)
+    stats = host.stats()
+    assert stats.cancelled == 1 and stats.completed == 1  # given up: it never ran
+    assert [call for call in gated.calls if call[0] == "prefill"] == [("prefill", 1)]
+
+
+def test_a_stopped_host_starts_again(model: Any) -> None:
+    host = GenerationHost(model, max_batch_size=2)
+    for _ in range(2):
+        with host:
+            assert host.running
+            assert host.generate([4, 2], 3, timeout=WAIT_S) == reference(model, [4, 2], 3)
+        assert not host.running
+    assert host.stats().completed == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -302,4 +303,22 @@ def test_a_stopped_host_starts_again(model: Any) -> None:
             assert host.running
             assert host.generate([4, 2], 3, timeout=WAIT_S) == reference(model, [4, 2], 3)
         assert not host.running
-    assert host.stats().completed == 2
+    assert host.stats().completed == host.stats().requests == 2  # counted across starts
+
+
+def test_generate_async_gives_up_at_its_deadline_while_the_model_is_stuck(model: Any) -> None:
+    gated = GatedModel(HFCausalLM(model), gate_at=0)
+    host = GenerationHost(gated).start()
+    try:
+        host.stream([3], 4)
+        assert gated.entered.wait(WAIT_S)
+
+        async def main() -> list[int]:
+            return await host.generate_async([1, 2], 10, timeout=0.05)
+
+        with pytest.raises(RequestTimeoutError):
+            asyncio.run(main())
+    finally:
+        gated.release.set()
+        assert host.stop(timeout=WAIT_S)
+    assert host.stats().cancelled == 1

@@ -236,6 +236,7 @@ class GenerationHost:
         request.args = (stream,)
         stream._cancel = lambda: self._cancel_queued(request)
         self._queue.put(request)
+        self._recorder.count("requests")
         return stream
 
     def generate(
@@ -243,8 +244,9 @@ class GenerationHost:
     ) -> list[int]:
         """The completion of ``prompt``: the generated token ids (blocks the calling thread).
 
-        Raises what :meth:`stream` raises, :class:`RequestTimeoutError` past
-        the deadline, and the model's own exception if it raised one.
+        Raises what :meth:`stream` raises,
+        :class:`~batch_inference.errors.RequestTimeoutError` past the deadline,
+        and the model's own exception if it raised one.
         """
         stream = self.stream(prompt, max_new_tokens, timeout=timeout)
         try:
@@ -263,7 +265,14 @@ class GenerationHost:
         Cancelling the awaiting task cancels the request (its row leaves at the
         next step).
         """
-        return await self.stream(prompt, max_new_tokens, timeout=timeout)
+        stream = self.stream(prompt, max_new_tokens, timeout=timeout)
+        try:
+            async with asyncio.timeout(remaining(stream.deadline_s)):
+                return await stream  # cancelled by the timeout, it cancels the request
+        except TimeoutError as error:
+            if isinstance(error, RequestTimeoutError):
+                raise
+            raise RequestTimeoutError("no completion within the deadline") from None
 
     def _cancel_queued(self, request: Request) -> None:
         """A caller cancelled: drop its request if still queued (else the worker drops it)."""
@@ -275,7 +284,7 @@ class GenerationHost:
     # ------------------------------------------------------------------ introspection
     def stats(self) -> GenerationStats:
         """A snapshot of counters, running batch sizes, tokens/s, time to first token."""
-        return self._recorder.snapshot(self._queue.accepted, len(self._queue))
+        return self._recorder.snapshot(len(self._queue))
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -119,11 +119,11 @@ class GenerationRecorder:
             if latency_s is not None:
                 self._latency.append(latency_s)
 
-    def snapshot(self, requests: int, queue_depth: int) -> GenerationStats:
+    def snapshot(self, queue_depth: int) -> GenerationStats:
         with self._lock:
             c = self._counts
             return GenerationStats(
-                requests=requests,
+                requests=c["requests"],
                 completed=c["completed"],
                 failed=c["failed"],
                 timed_out=c["timed_out"],

@@ -37,6 +37,8 @@ __all__ = [
     "BucketSeqBatcher",
     "ConcatBatcher",
     "ConfigurationError",
+    "GenerationHost",
+    "GenerationStats",
     "HostAlreadyRunningError",
     "HostBrokenError",
     "HostNotRunningError",
@@ -53,19 +55,27 @@ __all__ = [
     "RemoteModelHost",
     "RequestTimeoutError",
     "SeqBatcher",
+    "TokenStream",
     "WireFormatError",
     "batching",
     "remote_batching",
     "__version__",
 ]
 
-# The remote mode imports ZeroMQ: loaded on first use, so `import batch_inference` stays light.
-_REMOTE_NAMES = ("RemoteModelHost", "remote_batching")
+# Loaded on first use, so that `import batch_inference` stays light: the remote mode imports
+# ZeroMQ, and generation is a host of its own.
+_LAZY = {
+    "RemoteModelHost": "remote",
+    "remote_batching": "remote",
+    "GenerationHost": "generation",
+    "GenerationStats": "generation",
+    "TokenStream": "generation",
+}
 
 
 def __getattr__(name: str) -> object:
-    if name in _REMOTE_NAMES:
-        from . import remote
+    if name in _LAZY:
+        import importlib
 
-        return getattr(remote, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'batch_inference' has no attribute {name!r}")

@@ -315,6 +315,28 @@ class RequestQueue:
         with self._lock:
             action()
 
+    def take_ready(self, count: int, expire: Expire) -> list[Request]:
+        """Start and return up to ``count`` waiting requests, oldest first; never blocks.
+
+        For a worker that has other work (a running generation batch): it takes
+        whatever waits now, possibly nothing. Cancelled requests are dropped and
+        ones whose deadline passed go to ``expire`` (called without the lock),
+        as in :meth:`take`.
+        """
+        expired: list[Request] = []
+        with self._lock:
+            chosen = self._items[:max(count, 0)]
+            if not chosen:
+                return []
+            del self._items[:len(chosen)]
+            self._not_full.notify(len(chosen))
+            if self._space_waiters:
+                self._wake_space_waiters(len(chosen))
+            batch = _mark_started(chosen, time.monotonic(), expired)
+        for request in expired:
+            expire(request)
+        return batch
+
 
 def _mark_started(requests: list[Request], now_s: float, expired: list[Request]) -> list[Request]:
     """Mark requests running; drop cancelled ones, move expired ones to ``expired``.

@@ -272,7 +272,7 @@ def test_pages_have_snippets_to_run() -> None:
     assert {"index.md", "getting_started.md", "model_host.md", "batcher/concat_batcher.md",
             "batcher/seq_batcher.md", "batcher/bucket_seq_batcher.md",
             "batcher/length_aware_batcher.md",
-            "batcher/what_is_batcher.md"} <= pages
+            "batcher/what_is_batcher.md", "generation.md", "serving.md", "remote.md"} <= pages
 
 
 def test_remote_resources_are_reported(tmp_path: Path) -> None:

@@ -331,3 +331,30 @@ def test_the_decorator_and_the_asyncio_twin(port: int) -> None:
                     await client.predict(torch.ones(1, 1), timeout=1e-9)
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_cancelling_an_asyncio_caller_drops_its_request_on_the_server(
+        port: int, hosts, wait_until) -> None:
+    entered, release = threading.Event(), threading.Event()
+    server = hosts(remote(Gated, port, entered, release))
+
+    async def main() -> None:
+        client = AsyncRemoteModelHost(Gated, port, wait_ms=0)(entered, release)
+        async with client:
+            blocker = asyncio.ensure_future(client.predict(torch.ones(1, 1)))
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, entered.wait, 10)
+            doomed = asyncio.ensure_future(client.predict(torch.full((1, 1), 8.0)))
+            await loop.run_in_executor(
+                None, wait_until, lambda: server.local_host.stats().requests == 2)
+            doomed.cancel()
+            await loop.run_in_executor(
+                None, wait_until, lambda: server.local_host.stats().queue_depth == 0)
+            release.set()
+            assert float((await asyncio.wait_for(blocker, 10))[0, 0]) == 2.0
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    ran = {float(v) for call in server.local_host.model_obj.calls for v in call.flatten()}
+    assert 8.0 not in ran

@@ -51,6 +51,7 @@ class RemoteClient:
         self.max_message_bytes = max_message_bytes
         self.server_pid: int | None = None
         self.messages_sent = 0
+        self.messages_received = 0
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -241,6 +242,7 @@ class RemoteClient:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.messages_received += 1
             try:
                 header, buffers = _wire.unpack(frames, 2 * self.max_message_bytes)
                 self._on_message(header, buffers)

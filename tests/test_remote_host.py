@@ -369,3 +369,17 @@ def test_cancelling_an_asyncio_caller_drops_its_request_on_the_server(
     asyncio.run(asyncio.wait_for(main(), 30))
     ran = {float(v) for call in server.local_host.model_obj.calls for v in call.flatten()}
     assert 8.0 not in ran
+
+
+def test_without_pyzmq_the_package_imports_and_a_host_says_what_is_missing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['zmq'] = None; import batch_inference.remote"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setitem(sys.modules, "zmq", None)
+    with pytest.raises(ConfigurationError, match=r"pyzmq: pip install 'batch_inference\[remote\]'"):
+        RemoteModelHost(Doubler, 5000)

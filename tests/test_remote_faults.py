@@ -98,6 +98,22 @@ def test_a_killed_server_fails_every_pending_call_in_every_client(
         client.stop(timeout=5)
 
 
+def test_a_frozen_server_is_caught_by_heartbeats(port: int, spawn) -> None:
+    """SIGSTOP freezes the whole server process (ZeroMQ's own threads too): no reply comes."""
+    entered, release, ready, done = (SPAWN.Event() for _ in range(4))
+    server = spawn(serve_gated, port, entered, release, ready, done)
+    assert ready.wait(BOUND_S)
+    client = remote(Doubler, port).start()
+    try:
+        pending = client.submit(torch.ones(1, 2))
+        assert entered.wait(BOUND_S)
+        os.kill(server.pid, signal.SIGSTOP)
+        assert isinstance(pending.exception(BOUND_S), RemoteHostLostError)
+    finally:
+        os.kill(server.pid, signal.SIGKILL)
+        client.stop(timeout=5)
+
+
 def test_a_client_killed_mid_request_leaves_the_server_serving_the_rest(
         port: int, spawn, wait_until) -> None:
     entered, release = SPAWN.Event(), SPAWN.Event()

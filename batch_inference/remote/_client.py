@@ -16,7 +16,7 @@ import collections
 import itertools
 import threading
 import time
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ..errors import HostNotRunningError, HostStoppedError, RemoteHostLostError, WireFormatError
 from . import _wire
+from ._calls import Waiter, settle
 from ._wakeup import Wakeup
 
 __all__ = ["RemoteClient"]
@@ -32,46 +33,25 @@ __all__ = ["RemoteClient"]
 _Outgoing = tuple[int, float | None, _wire.Encoded]
 
 
-class _Waiter:
-    """What :meth:`RemoteClient.call` blocks on: one lock, released when the outcome is in.
-
-    Lighter than a :class:`concurrent.futures.Future` (no condition variable,
-    no callbacks): the I/O thread settles many per message.
-    """
-
-    __slots__ = ("_lock", "ok", "value")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self.ok = False
-        self.value: Any = None
-
-    def set_result(self, value: Any) -> None:
-        self.ok, self.value = True, value
-        self._lock.release()
-
-    def set_exception(self, error: BaseException) -> None:
-        self.value = error
-        self._lock.release()
-
-    def wait(self, timeout_s: float | None) -> bool:
-        return self._lock.acquire(timeout=-1 if timeout_s is None else timeout_s)
-
-    def outcome(self) -> Any:
-        if self.ok:
-            return self.value
-        raise self.value
-
-
 class RemoteClient:
-    """Send requests to the server on ``path``; results arrive on :class:`Future` objects."""
+    """Send requests to the server on ``path``: :meth:`submit` (a Future) or :meth:`call` (blocks).
+
+    Parameters
+    ----------
+    path:
+        The server's Unix socket.
+    max_message_bytes:
+        Largest message sent (lowered to the server's own limit when it answers).
+    heartbeat_s:
+        ZeroMQ heartbeat interval; a server silent for three of them counts as gone.
+    """
 
     def __init__(self, path: Path, max_message_bytes: int, heartbeat_s: float = 1.0) -> None:
         self.path = path
         self.max_message_bytes = max_message_bytes
         self.server_pid: int | None = None
         self.messages_sent = 0
+        self.messages_received = 0
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -89,7 +69,7 @@ class RemoteClient:
         self._cancels: collections.deque[int] = collections.deque()
         # Whoever pops a call's entry settles it (the I/O thread) or abandons it (its caller):
         # dict.pop is atomic, so each call is settled exactly once.
-        self._pending: dict[int, Future[Any] | _Waiter] = {}
+        self._pending: dict[int, Future[Any] | Waiter] = {}
         self._sent_seq: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
         self._ids = itertools.count()
         self._seqs = itertools.count()
@@ -128,7 +108,7 @@ class RemoteClient:
 
     def call(self, args: tuple[Any, ...], deadline_s: float | None) -> Any:
         """Send one request and block for its outcome (``TimeoutError`` at the deadline)."""
-        waiter = _Waiter()
+        waiter = Waiter()
         request_id = self._queue(args, deadline_s, waiter)
         wait_s = None if deadline_s is None else max(0.0, deadline_s - time.monotonic())
         try:
@@ -156,7 +136,7 @@ class RemoteClient:
         return True
 
     def _queue(self, args: tuple[Any, ...], deadline_s: float | None,
-               call: Future[Any] | _Waiter) -> int:
+               call: Future[Any] | Waiter) -> int:
         if self._closing:
             raise HostNotRunningError("the remote host is stopped: call start() first")
         if not self._connected:
@@ -245,7 +225,7 @@ class RemoteClient:
                 _, call = self._pending.popitem()
             except KeyError:
                 return  # a caller popped the last one meanwhile
-            _set(call, error, ok=False)
+            settle(call, error, ok=False)
 
     def _send(self, header: dict[str, Any], buffers: list[Any]) -> bool:
         header["v"] = _wire.PROTOCOL_VERSION
@@ -262,6 +242,7 @@ class RemoteClient:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.messages_received += 1
             try:
                 header, buffers = _wire.unpack(frames, 2 * self.max_message_bytes)
                 self._on_message(header, buffers)
@@ -306,7 +287,7 @@ class RemoteClient:
     def _settle(self, request_id: int, outcome: Any, ok: bool = False) -> None:
         call = self._pending.pop(request_id, None)
         if call is not None:
-            _set(call, outcome, ok)
+            settle(call, outcome, ok)
 
     def _send_outgoing(self) -> None:
         if not self._outgoing and not self._cancels:
@@ -344,13 +325,3 @@ class RemoteClient:
         if self._outgoing:
             self._wakeup.set()  # the rest did not fit in one message
 
-
-def _set(call: Future[Any] | _Waiter, outcome: Any, ok: bool) -> None:
-    """Settle a call popped from the pending table (a Future may have been cancelled)."""
-    try:
-        if ok:
-            call.set_result(outcome)
-        else:
-            call.set_exception(outcome)
-    except InvalidStateError:
-        pass  # a Future its caller cancelled

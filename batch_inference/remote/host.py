@@ -5,16 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._checks import checked_timeout, positive_int
 from ..batcher.base import Batcher
 from ..errors import ConfigurationError, HostNotRunningError, RemoteHostLostError
 from ..errors import RequestTimeoutError as _RequestTimeoutError
 from ..host import ModelHost
-from ._client import RemoteClient
 from ._election import ServerLock, check_port, socket_path
-from ._server import RemoteServer
+
+if TYPE_CHECKING:  # they import pyzmq (the "remote" extra): loaded when a host starts
+    from ._client import RemoteClient
+    from ._server import RemoteServer
 
 __all__ = ["RemoteModelHost"]
 
@@ -82,6 +84,7 @@ class RemoteModelHost:
         **host_options: Any,
     ) -> None:
         self.grpc_port = check_port(grpc_port)
+        _require_pyzmq()
         positive_int("max_message_bytes", max_message_bytes)
         if isinstance(connect_timeout_s, bool) or not isinstance(
                 connect_timeout_s, (int, float)) or not connect_timeout_s > 0:
@@ -116,6 +119,8 @@ class RemoteModelHost:
         with self._lifecycle:
             if self._server is not None or self._client is not None:
                 return self
+            from ._client import RemoteClient
+
             path = socket_path(self.grpc_port)
             deadline_s = time.monotonic() + self.connect_timeout_s
             client: RemoteClient | None = None
@@ -138,6 +143,8 @@ class RemoteModelHost:
                     )
 
     def _serve(self, path: Any) -> None:
+        from ._server import RemoteServer
+
         try:
             self.local_host.start()
             self._server = RemoteServer(self.local_host, path, self.max_message_bytes)
@@ -214,3 +221,12 @@ class RemoteModelHost:
             if isinstance(error, _RequestTimeoutError):
                 raise  # the call's own outcome (the server's deadline, or the model's error)
             raise _RequestTimeoutError(f"no result within the deadline of {timeout} s") from None
+
+
+def _require_pyzmq() -> None:
+    try:
+        import zmq  # noqa: F401
+    except ImportError:
+        raise ConfigurationError(
+            "RemoteModelHost needs pyzmq: pip install 'batch_inference[remote]'"
+        ) from None

@@ -175,7 +175,7 @@ def test_a_timed_out_call_is_dropped_on_the_server(port: int, hosts, wait_until)
     release.set()
     assert blocker.result(10)[0, 0] == 2
     assert torch.equal(client.predict(torch.full((1, 1), 3.0), timeout=10), torch.full((1, 1), 6.0))
-    model = server.local_host.model_obj
+    model = server.local_host.models[0]
     ran = {float(v) for call in model.calls for v in call.flatten()}
     assert 7.0 not in ran and 8.0 not in ran and 3.0 in ran
 
@@ -367,7 +367,7 @@ def test_cancelling_an_asyncio_caller_drops_its_request_on_the_server(
                 await doomed
 
     asyncio.run(asyncio.wait_for(main(), 30))
-    ran = {float(v) for call in server.local_host.model_obj.calls for v in call.flatten()}
+    ran = {float(v) for call in server.local_host.models[0].calls for v in call.flatten()}
     assert 8.0 not in ran
 
 

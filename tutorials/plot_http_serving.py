@@ -69,6 +69,7 @@ otherwise be the limit.
 
 import asyncio
 import contextlib
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,6 +87,7 @@ from batch_inference.benchmark.http_app import ServeSettings
 from batch_inference.benchmark.http_load import HttpLoadResult, http_load
 from batch_inference.benchmark.http_server import UvicornServer
 
+logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request in the output
 MODE = run_mode()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = {

@@ -39,6 +39,10 @@ class ServerStartError(BatchInferenceError, RuntimeError):
 class UvicornServer:
     """One uvicorn server (``workers`` processes) of the embedding app, on a Unix socket.
 
+    Use ``with UvicornServer(...) as server:`` (starts and waits), or
+    :meth:`start` then :meth:`wait_ready` to start several servers at once.
+    ``server.uds`` is the socket's path, for ``httpx.AsyncHTTPTransport(uds=...)``.
+
     Parameters
     ----------
     settings:
@@ -52,10 +56,6 @@ class UvicornServer:
     env:
         Extra environment variables of the server processes (e.g.
         ``{"OMP_WAIT_POLICY": "PASSIVE"}``), over this process's environment.
-
-    Use ``with UvicornServer(...) as server:`` (starts and waits), or
-    :meth:`start` then :meth:`wait_ready` to start several servers at once.
-    ``server.uds`` is the socket's path, for ``httpx.AsyncHTTPTransport(uds=...)``.
     """
 
     def __init__(

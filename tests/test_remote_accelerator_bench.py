@@ -6,6 +6,7 @@ import asyncio
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,13 +16,14 @@ from batch_inference.benchmark.accelerator import (
     V1_PATH_VARIABLE,
     LoadSize,
     capacity_requests_per_s,
+    executor_rates,
     remote_lone_caller,
     remote_processes_row,
     tasks_row,
     threads_row,
+    v1_path,
     v1_threads_row,
 )
-from batch_inference.errors import ConfigurationError
 
 TINY = LoadSize(rounds=2, round_s=0.1, warmup_s=0.05)
 
@@ -79,11 +81,13 @@ def test_the_v1_row_is_skipped_without_its_path(monkeypatch: pytest.MonkeyPatch)
     assert v1_threads_row(4, TINY) is None
 
 
-def test_the_v1_row_refuses_a_folder_without_the_package(
+def test_a_folder_without_the_v1_package_skips_its_rows_and_says_why(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(V1_PATH_VARIABLE, str(tmp_path))
-    with pytest.raises(ConfigurationError, match="holds no batch_inference"):
-        v1_threads_row(4, TINY)
+    path, why = v1_path()
+    assert path is None and "holds no batch_inference package" in why and str(tmp_path) in why
+    assert v1_threads_row(4, TINY) is None
+    assert list(executor_rates(workers=2, calls=20, rounds=1)) == ["batch_inference (this)"]
 
 
 def test_the_v1_row_runs_the_same_harness_on_the_other_package(
@@ -113,6 +117,9 @@ def test_the_v1_row_runs_the_same_harness_on_the_other_package(
     row = v1_threads_row(2, TINY)
     assert row is not None and row.label == "2 threads, batch-inference 0.0-standin"
     assert row.requests_per_s > 0
+    rates = executor_rates(workers=2, calls=50, rounds=2)
+    assert list(rates) == ["batch_inference (this)", "batch-inference 0.0-standin"]
+    assert all(r["requests_per_s"] > 0 and len(r["rounds"]) == 2 for r in rates.values())
 
 
 @pytest.mark.slow
@@ -125,3 +132,30 @@ def test_the_remote_row_serves_client_processes(tmp_path: Path,
     lone = remote_lone_caller(calls=20, port=30000 + os.getpid() % 10000)
     assert lone["remote_s"] > 0 and lone["local_s"] > 0
     assert lone["added_s"] == pytest.approx(lone["remote_s"] - lone["local_s"])
+
+
+def test_the_executor_load_reports_calls_that_are_never_answered() -> None:
+    import threading
+
+    from batch_inference.benchmark import _accelerator_harness as harness
+
+    never = threading.Event()
+    calls = [0]
+    lock = threading.Lock()
+
+    def sometimes_hangs(x: Any) -> Any:
+        with lock:
+            calls[0] += 1
+            hang = calls[0] == 3
+        if hang:
+            never.wait(30)  # released below, so the pool's thread ends
+        return x
+
+    try:
+        result = harness.executor_load(sometimes_hangs, workers=2, calls=20, rounds=1,
+                                       timeout_s=0.5)
+    finally:
+        never.set()
+    assert result["requests_per_s"] is None and result["hung"] >= 1
+    fine = harness.executor_load(lambda x: x, workers=2, calls=20, rounds=2, timeout_s=30)
+    assert fine["hung"] == 0 and len(fine["rounds"]) == 2 and fine["requests_per_s"] > 0

@@ -25,9 +25,14 @@ and ``max_batch_size=64``, the accelerator kept busy with full batches serves
   client has its own GIL;
 * **batch-inference 1.0** (256 threads, the same harness, in a subprocess): only
   when the environment variable ``BATCH_INFERENCE_V1_PATH`` names an unpacked
-  1.0 (``pip download batch-inference==1.0 --no-deps`` and unzip the wheel;
-  1.0 needs ``filelock``, ``grpcio``, ``msgpack``, ``msgpack-numpy`` and
-  ``protobuf``); otherwise the row is skipped.
+  1.0 (``tox -e docs`` fetches one with ``tools/fetch_v1.py``; by hand:
+  ``pip download batch-inference==1.0 --no-deps`` and unzip the wheel; 1.0
+  needs ``filelock``, ``grpcio``, ``msgpack``, ``msgpack-numpy`` and
+  ``protobuf``); otherwise the row is skipped, and the page says why.
+
+A last section takes the model away: a model that does nothing, called 20,000
+times from a ``ThreadPoolExecutor(64)``, measures the host's own cost per
+request, this package and 1.0 each in a fresh process of its own.
 
 It also measures what a **lone caller** in another process pays for the trip:
 one client process calls a local host of its own and the ``RemoteModelHost``
@@ -52,10 +57,12 @@ from batch_inference.benchmark import environment, format_environment, run_mode,
 from batch_inference.benchmark.accelerator import (
     LoadSize,
     capacity_requests_per_s,
+    executor_rates,
     remote_lone_caller,
     remote_processes_row,
     tasks_row,
     threads_row,
+    v1_path,
     v1_threads_row,
 )
 
@@ -74,7 +81,7 @@ print(f"accelerator capacity: {CAPACITY:,.0f} requests/s (max_batch_size=64)")
 rows = [threads_row(256, SIZE), tasks_row(1024, SIZE), remote_processes_row(4, 64, SIZE)]
 v1 = v1_threads_row(256, SIZE)
 if v1 is None:
-    print("batch-inference 1.0: skipped (BATCH_INFERENCE_V1_PATH is not set)")
+    print(f"batch-inference 1.0: skipped ({v1_path()[1]})")
 else:
     rows.append(v1)
 for row in rows:
@@ -128,6 +135,36 @@ fig.tight_layout()
 plt.show()
 
 # %%
+# The host's own cost: a model that does nothing
+# ----------------------------------------------
+# No device time hides the Python side here: every request is the host's
+# hand-offs alone. 20,000 calls of ``host.predict`` mapped over a
+# ``ThreadPoolExecutor(64)``, median of three rounds after a warm-up, each
+# library in a fresh process of its own, one after the other.
+
+executor = executor_rates(workers=64, calls=20_000, rounds=3)
+ours = executor["batch_inference (this)"]["requests_per_s"]
+
+
+def _rate_cell(rate: dict) -> str:
+    if rate["requests_per_s"] is None:
+        return f"did not finish: {rate['hung']} calls never answered"
+    return f"{rate['requests_per_s']:,.0f}"
+
+
+executor_table = pd.DataFrame([
+    {"Library": name, "Requests/s": _rate_cell(rate),
+     "rounds": ", ".join(f"{r:,.0f}" for r in rate["rounds"]),
+     "vs this": "" if rate["requests_per_s"] is None or ours is None
+     else f"{rate['requests_per_s'] / ours:.2f}x"}
+    for name, rate in executor.items()
+])
+if len(executor) == 1:
+    print(f"batch-inference 1.0: skipped ({v1_path()[1]})")
+print(executor_table.to_string(index=False))
+executor_table
+
+# %%
 
 save_results("accelerator", {
     "environment": {k: str(v) for k, v in env.items()},
@@ -136,4 +173,5 @@ save_results("accelerator", {
               "fraction_of_capacity": row.fraction_of_capacity, "rounds": list(row.rounds)}
              for row in rows],
     "lone_caller": lone,
+    "executor_no_op": executor,
 })

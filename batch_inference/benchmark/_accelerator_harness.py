@@ -9,13 +9,15 @@ whose ``PYTHONPATH`` points at it::
 
 The script builds ``batch_inference.ModelHost`` (whatever package that name
 resolves to) with ``batch_inference.batcher.concat_batcher.ConcatBatcher``, runs
-:func:`thread_load` and prints one JSON line.
+:func:`thread_load` (or, with ``"load": "executor"``, :func:`executor_load` over a
+model that does nothing) and prints one JSON line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import threading
@@ -119,22 +121,69 @@ def task_load(predict_async: Callable[..., Awaitable[Any]], n_tasks: int, rounds
     return result
 
 
+class DoNothing:
+    """``predict_batch(x) -> x``: the host's own cost, with no model time to hide it."""
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+def executor_load(predict: Callable[..., Any], workers: int = 64, calls: int = 20_000,
+                  rounds: int = 3, timeout_s: float = 60.0) -> dict[str, Any]:
+    """``calls`` calls of ``predict(ROW)`` submitted to a ``ThreadPoolExecutor(workers)``.
+
+    A warm-up of a tenth of ``calls`` first; then ``rounds`` timed rounds, each its
+    own pool; the median rate. A round whose calls are not all answered within
+    ``timeout_s`` ends the load: ``"hung"`` then counts the calls still waiting
+    (batch-inference 1.0 waits on a condition without a predicate, so a call
+    answered before it waits is never woken) and ``requests_per_s`` is ``None``.
+    """
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    def one_round(n: int) -> tuple[float, int]:
+        pool = ThreadPoolExecutor(workers)
+        start = time.perf_counter()
+        futures = [pool.submit(predict, ROW) for _ in range(n)]
+        done, pending = wait(futures, timeout=timeout_s)
+        elapsed_s = time.perf_counter() - start
+        pool.shutdown(wait=not pending, cancel_futures=True)
+        for future in done:
+            future.result()  # a call that raised fails the load
+        return n / elapsed_s, len(pending)
+
+    rates: list[float] = []
+    for n in [max(1, calls // 10)] + [calls] * rounds:
+        rate, hung = one_round(n)
+        if hung:
+            return {"requests_per_s": None, "rounds": rates, "hung": hung}
+        rates.append(rate)
+    rates = rates[1:]  # the warm-up
+    return {"requests_per_s": statistics.median(rates), "rounds": rates, "hung": 0}
+
+
 def _main(config: dict[str, Any]) -> None:
     import batch_inference
     from batch_inference.batcher.concat_batcher import ConcatBatcher
 
+    executor = config.get("load") == "executor"
     host = batch_inference.ModelHost(
-        model_obj=SimulatedAccelerator(), batcher=ConcatBatcher(),
+        model_obj=DoNothing() if executor else SimulatedAccelerator(), batcher=ConcatBatcher(),
         max_batch_size=config["max_batch_size"], wait_ms=0, wait_n=config["max_batch_size"],
     )
     host.start()
     try:
-        result = thread_load(host.predict, config["threads"], config["rounds"],
-                             config["round_s"], config["warmup_s"])
+        if executor:
+            result = executor_load(host.predict, config["workers"], config["calls"],
+                                   config["rounds"])
+        else:
+            result = thread_load(host.predict, config["threads"], config["rounds"],
+                                 config["round_s"], config["warmup_s"])
     finally:
         host.stop()
     result["library"] = getattr(batch_inference, "__version__", "?")
     print(json.dumps(result), flush=True)
+    if result.get("hung"):
+        os._exit(0)  # the hung callers' threads would keep the interpreter from exiting
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ __all__ = [
     "tasks_row",
     "remote_processes_row",
     "remote_lone_caller",
+    "executor_rates",
+    "v1_path",
     "v1_threads_row",
 ]
 
@@ -182,27 +184,62 @@ def remote_processes_row(n_processes: int = 4, threads_per_process: int = 64,
                           "RemoteModelHost", total, capacity_requests_per_s(), rounds)
 
 
-def v1_threads_row(n_threads: int = 256, size: LoadSize = LoadSize()) -> AcceleratorRow | None:
-    """The threads row for batch-inference 1.0, in a subprocess; ``None`` unless it is given.
+def v1_path() -> tuple[str | None, str]:
+    """The folder of batch-inference 1.0 to compare with, or ``None`` and why there is none.
 
     ``$BATCH_INFERENCE_V1_PATH`` names the folder that holds 1.0's
-    ``batch_inference`` package (e.g. an unpacked wheel); unset, no row.
+    ``batch_inference`` package (e.g. an unpacked wheel: ``tox -e docs`` fetches
+    one with ``tools/fetch_v1.py``).
     """
     path = os.environ.get(V1_PATH_VARIABLE, "").strip()
     if not path:
-        return None
+        return None, f"{V1_PATH_VARIABLE} is not set"
     if not (Path(path) / "batch_inference" / "__init__.py").is_file():
-        raise ConfigurationError(
-            f"{V1_PATH_VARIABLE}={path!r} holds no batch_inference/__init__.py")
-    config = json.dumps({"threads": n_threads, "max_batch_size": MAX_BATCH_SIZE,
-                         **size.as_dict()})
+        return None, f"{V1_PATH_VARIABLE}={path!r} holds no batch_inference package"
+    return path, ""
+
+
+def _run_harness(config: dict[str, Any], package_root: str) -> dict[str, Any]:
+    """Run the harness in a fresh process whose ``batch_inference`` is under ``package_root``."""
     code = f"import runpy; runpy.run_path({str(Path(harness.__file__))!r}, run_name='__main__')"
-    done = subprocess.run([sys.executable, "-c", code, config], capture_output=True, text=True,
-                          env=_child_env(path), timeout=_CHILD_TIMEOUT_S, cwd=path, check=False)
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True,
+                          text=True, env=_child_env(package_root), timeout=_CHILD_TIMEOUT_S,
+                          cwd=package_root, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"batch-inference 1.0 run failed: {done.stderr.strip()[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"the harness failed under {package_root}: "
+                           f"{done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def v1_threads_row(n_threads: int = 256, size: LoadSize = LoadSize()) -> AcceleratorRow | None:
+    """The threads row for batch-inference 1.0, in a subprocess; ``None`` without 1.0
+    (see :func:`v1_path`)."""
+    path, _ = v1_path()
+    if path is None:
+        return None
+    result = _run_harness({"threads": n_threads, "max_batch_size": MAX_BATCH_SIZE,
+                           **size.as_dict()}, path)
     return _row(f"{n_threads} threads, batch-inference {result['library']}", result)
+
+
+def executor_rates(workers: int = 64, calls: int = 20_000, rounds: int = 3
+                   ) -> dict[str, dict[str, Any]]:
+    """A model that does nothing, ``calls`` calls from a ``ThreadPoolExecutor(workers)``.
+
+    The host's own cost per request, with no model time to hide it. Each
+    library runs in a fresh process of its own (this package, and 1.0 where
+    :func:`v1_path` finds it), one after the other. Returns ``{library:
+    {"requests_per_s", "rounds"}}``.
+    """
+    config = {"load": "executor", "workers": workers, "calls": calls, "rounds": rounds,
+              "max_batch_size": MAX_BATCH_SIZE}
+    rates = {"batch_inference (this)": _run_harness(config, str(Path(__file__).resolve()
+                                                                 .parents[2]))}
+    path, _ = v1_path()
+    if path is not None:
+        result = _run_harness(config, path)
+        rates[f"batch-inference {result['library']}"] = result
+    return rates
 
 
 def _client(config: dict[str, Any]) -> None:

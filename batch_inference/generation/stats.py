@@ -6,11 +6,9 @@ import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from ..stats import Percentiles
+from ..stats import _WINDOW, Percentiles  # one window size for every host's percentiles
 
 __all__ = ["GenerationStats"]
-
-_WINDOW = 10_000
 
 
 @dataclass(frozen=True)

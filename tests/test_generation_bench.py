@@ -1,4 +1,4 @@
-"""The GPT completion page's measuring helpers (batch_inference.benchmark.generation)."""
+"""The GPT completion page's measuring helpers (benchmarks.generation)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ pytest.importorskip("transformers")
 
 from _generation_support import reference, tiny_gpt2
 
-from batch_inference.benchmark.generation import (
+from batch_inference.errors import ConfigurationError
+from benchmarks.generation import (
     METHODS,
     GenerationRun,
     generation_table,
@@ -22,7 +23,6 @@ from batch_inference.benchmark.generation import (
     run_poisson,
     step_cost_curve,
 )
-from batch_inference.errors import ConfigurationError
 
 
 @pytest.fixture(scope="module")

@@ -24,19 +24,19 @@ httpx = pytest.importorskip("httpx")
 fastapi = pytest.importorskip("fastapi")
 torch = pytest.importorskip("torch")
 
-from batch_inference.benchmark.bert import make_queries, random_lengths  # noqa: E402
-from batch_inference.benchmark.http_app import (  # noqa: E402
+from batch_inference.errors import ConfigurationError  # noqa: E402
+from benchmarks.bert import make_queries, random_lengths  # noqa: E402
+from benchmarks.http_app import (  # noqa: E402
     ServeSettings,
     create_app,
     sentence_embedding,
 )
-from batch_inference.benchmark.http_load import http_load  # noqa: E402
-from batch_inference.benchmark.http_server import (  # noqa: E402
+from benchmarks.http_load import http_load  # noqa: E402
+from benchmarks.http_server import (  # noqa: E402
     RUNTIME_DIR_VARIABLE,
     ServerStartError,
     UvicornServer,
 )
-from batch_inference.errors import ConfigurationError  # noqa: E402
 
 BOUND_S = 60.0  # no test's asyncio part may take longer than this
 

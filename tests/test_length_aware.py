@@ -238,7 +238,7 @@ def test_no_request_waits_more_than_one_batch_beyond_the_delay(
 @pytest.mark.timeout(300)
 def test_minilm_answers_equal_predict_batch_alone(minilm: Any, minilm_embedding: Any,
                                                   make_host: Any) -> None:
-    from batch_inference.benchmark.bert import make_queries, random_lengths
+    from benchmarks.bert import make_queries, random_lengths
 
     lengths = random_lengths(48, 1, 64, seed=3)
     queries = make_queries(lengths, minilm.vocab_size, seed=3)

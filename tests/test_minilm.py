@@ -18,7 +18,7 @@ import torch
 from batch_inference import ModelHost
 from batch_inference.batcher import BucketSeqBatcher, SeqBatcher
 from batch_inference.benchmark import closed_loop
-from batch_inference.benchmark.bert import make_queries, random_lengths
+from benchmarks.bert import make_queries, random_lengths
 
 DISTINCT = 256  # distinct random-length queries (references cost one call each)
 TASKS = 500  # asyncio tasks, one query each: task i sends query i % DISTINCT

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batch_inference.benchmark import _accelerator_harness as harness
-from batch_inference.benchmark.accelerator import (
+from benchmarks import _accelerator_harness as harness
+from benchmarks.accelerator import (
     V1_PATH_VARIABLE,
     LoadSize,
     capacity_requests_per_s,
@@ -137,7 +137,7 @@ def test_the_remote_row_serves_client_processes(tmp_path: Path,
 def test_the_executor_load_reports_calls_that_are_never_answered() -> None:
     import threading
 
-    from batch_inference.benchmark import _accelerator_harness as harness
+    from benchmarks import _accelerator_harness as harness
 
     never = threading.Event()
     calls = [0]

@@ -10,14 +10,14 @@ import torch
 
 from batch_inference import ConfigurationError
 from batch_inference.batcher import LengthAwareBatcher, SeqBatcher
-from batch_inference.benchmark.overhead import (
+from benchmarks.overhead import (
     NoOpModel,
     async_requests_per_s,
     handoff_floor_requests_per_s,
     lone_caller_latency,
     thread_requests_per_s,
 )
-from batch_inference.benchmark.scheduling import (
+from benchmarks.scheduling import (
     Policy,
     compare_policies,
     length_sorted_batches,

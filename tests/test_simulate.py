@@ -11,13 +11,13 @@ from batch_inference import ConfigurationError
 from batch_inference.batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
 from batch_inference.batcher.base import Batcher, BatchLimits, RequestInfo, Selection, Waiting
 from batch_inference.benchmark import simulate
-from batch_inference.benchmark.bert import random_lengths
 from batch_inference.benchmark.simulate import (
     CostModel,
     fit_cost_model,
     simulate_closed_loop,
     simulate_offline,
 )
+from benchmarks.bert import random_lengths
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,7 +149,7 @@ def test_offline_ceiling_sorts_and_chunks() -> None:
 
 
 def test_random_batch_stacks_queries_of_one_length() -> None:
-    from batch_inference.benchmark.bert import make_queries, random_batch
+    from benchmarks.bert import make_queries, random_batch
 
     ids, mask = random_batch(3, 7, vocab_size=2000)
     assert ids.shape == mask.shape == (3, 7) and bool(mask.all())
@@ -157,7 +157,7 @@ def test_random_batch_stacks_queries_of_one_length() -> None:
 
 
 def test_simulate_policies_runs_every_policy_at_every_concurrency() -> None:
-    from batch_inference.benchmark.scheduling import Policy, simulate_policies
+    from benchmarks.scheduling import Policy, simulate_policies
 
     cost = CostModel(call_s=0.004, token_s=6.6e-5)
     policies = [Policy("seq", SeqBatcher([0, 0])),

@@ -50,11 +50,16 @@ need cores of their own to help.
 # Set-up
 # ------
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parents[1]))  # the repository root, for benchmarks/
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from batch_inference.benchmark import environment, format_environment, run_mode, save_results
-from batch_inference.benchmark.accelerator import (
+from benchmarks.accelerator import (
     LoadSize,
     capacity_requests_per_s,
     executor_rates,

@@ -44,6 +44,11 @@ e.g. ``BATCH_INFERENCE_MODE=full python tutorials/plot_bert_embedding.py``.
 # (tested with the package); this script only chooses the sizes and prints
 # the results.
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parents[1]))  # the repository root, for benchmarks/
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,7 +76,7 @@ from batch_inference.benchmark import (
     run_mode,
     save_results,
 )
-from batch_inference.benchmark.bert import BertEmbedding, load_bert, make_queries, random_lengths
+from benchmarks.bert import BertEmbedding, load_bert, make_queries, random_lengths
 
 transformers_logging.disable_progress_bar()  # no loading bars in the page's output
 MODE = run_mode()

@@ -43,7 +43,12 @@ The page prints which one ran. Set ``BATCH_INFERENCE_MODE`` to choose.
 # Set-up
 # ------
 # The models, workloads and load loops live in
-# :mod:`batch_inference.benchmark.generation` (tested with the package).
+# :mod:`benchmarks.generation` (tested with the package).
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parents[1]))  # the repository root, for benchmarks/
 
 import os
 
@@ -62,7 +67,8 @@ from batch_inference.benchmark import (
     run_mode,
     save_results,
 )
-from batch_inference.benchmark.generation import (
+from batch_inference.generation import GenerationHost
+from benchmarks.generation import (
     METHODS,
     generation_table,
     latency_table,
@@ -73,7 +79,6 @@ from batch_inference.benchmark.generation import (
     run_poisson,
     step_cost_curve,
 )
-from batch_inference.generation import GenerationHost
 
 transformers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()

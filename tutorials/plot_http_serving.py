@@ -6,7 +6,7 @@ Most users call a model through a web server. This page serves the BERT
 tutorial's model (:doc:`plot_bert_embedding`) as an HTTP endpoint and
 **measures it on the machine that builds these docs** (printed below). You
 will see how to put a :class:`~batch_inference.ModelHost` behind FastAPI (the
-app is :mod:`batch_inference.benchmark.http_app`; the recipe is on the
+app is :mod:`benchmarks.http_app`; the recipe is on the
 :doc:`/serving` page), and what batching is worth once HTTP is in the path.
 
 The app answers ``POST /embed`` with ``{"input_ids": [...]}`` (one tokenized
@@ -42,7 +42,7 @@ Compared on the same run, each with the same clients and queries:
   more than one Python process for its HTTP work still keeps one model.
 
 The load comes from this page's own asyncio HTTP client
-(:func:`~batch_inference.benchmark.http_load.http_load`, on ``httpx``):
+(:func:`~benchmarks.http_load.http_load`, on ``httpx``):
 closed-loop clients, each sending its next request when the last one is
 answered, until a request count **or** a time limit is reached, whichever
 comes first. The client shares the machine with the servers, so on a small
@@ -67,6 +67,11 @@ otherwise be the limit.
 # :mod:`batch_inference.benchmark` (tested with the package): this script only
 # chooses the sizes, runs them side by side and shows the results.
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parents[1]))  # the repository root, for benchmarks/
+
 import asyncio
 import contextlib
 import logging
@@ -82,10 +87,10 @@ import torch
 from matplotlib.patches import Patch
 
 from batch_inference.benchmark import environment, format_environment, run_mode, save_results
-from batch_inference.benchmark.bert import make_queries, random_lengths
-from batch_inference.benchmark.http_app import ServeSettings
-from batch_inference.benchmark.http_load import HttpLoadResult, http_load
-from batch_inference.benchmark.http_server import UvicornServer
+from benchmarks.bert import make_queries, random_lengths
+from benchmarks.http_app import ServeSettings
+from benchmarks.http_load import HttpLoadResult, http_load
+from benchmarks.http_server import UvicornServer
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request in the output
 MODE = run_mode()

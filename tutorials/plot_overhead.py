@@ -16,7 +16,7 @@ that builds these docs** (printed below):
 * **the latency a lone caller adds**: one thread calls ``predict_batch``
   directly, and ``host.predict``, alternately; the difference of the medians.
 
-The code lives in :mod:`batch_inference.benchmark.overhead`. The sizes do not
+The code lives in :mod:`benchmarks.overhead`. The sizes do not
 depend on the mode: they take a few seconds on any machine.
 
 How to read the thread figures: every thread caller sleeps until its result
@@ -27,13 +27,18 @@ own work, then bounds the thread figures; asyncio tasks need no such wake-up
 per request. So next to each thread figure this page measures a **floor**:
 the same closed loop with no host at all, where each call only hands a lock to
 a server thread and sleeps until it is released
-(:func:`~batch_inference.benchmark.overhead.handoff_floor_requests_per_s`). No
+(:func:`~benchmarks.overhead.handoff_floor_requests_per_s`). No
 thread-based host can beat it on this machine.
 """
 
 # %%
 # Set-up
 # ------
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parents[1]))  # the repository root, for benchmarks/
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -45,7 +50,7 @@ from batch_inference.benchmark import (
     run_mode,
     save_results,
 )
-from batch_inference.benchmark.overhead import (
+from benchmarks.overhead import (
     async_requests_per_s,
     handoff_floor_requests_per_s,
     lone_caller_latency,

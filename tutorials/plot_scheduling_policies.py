@@ -35,8 +35,13 @@ the pretrained ones are not available offline; printed below). Set
 # %%
 # Set-up
 # ------
-# The measuring code lives in :mod:`batch_inference.benchmark.scheduling`
+# The measuring code lives in :mod:`benchmarks.scheduling`
 # (tested with the package); this page chooses the sizes and shows the results.
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parents[1]))  # the repository root, for benchmarks/
 
 import os
 
@@ -49,20 +54,20 @@ from matplotlib.patches import Patch
 from transformers.utils import logging as transformers_logging
 
 from batch_inference.benchmark import environment, format_environment, run_mode, save_results
-from batch_inference.benchmark.bert import (
+from batch_inference.benchmark.simulate import fit_cost_model
+from benchmarks.bert import (
     BertEmbedding,
     load_bert,
     make_queries,
     random_batch,
     random_lengths,
 )
-from batch_inference.benchmark.scheduling import (
+from benchmarks.scheduling import (
     compare_policies,
     run_policy,
     simulate_policies,
     standard_policies,
 )
-from batch_inference.benchmark.simulate import fit_cost_model
 
 transformers_logging.disable_progress_bar()
 MODE = run_mode()
@@ -89,8 +94,8 @@ queries = make_queries(lengths, loaded.vocab_size, seed=0)
 # %%
 # The policies
 # ------------
-# One :class:`~batch_inference.benchmark.scheduling.Policy` per batcher
-# (:func:`~batch_inference.benchmark.scheduling.standard_policies`), all with
+# One :class:`~benchmarks.scheduling.Policy` per batcher
+# (:func:`~benchmarks.scheduling.standard_policies`), all with
 # the host's defaults otherwise (``max_delay_s=0``: a batch starts as soon as
 # the model is free).
 

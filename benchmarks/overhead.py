@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..batcher.concat_batcher import ConcatBatcher
-from ..errors import ConfigurationError
-from ..host import ModelHost
-from .load import async_closed_loop, closed_loop
+from batch_inference.batcher.concat_batcher import ConcatBatcher
+from batch_inference.benchmark.load import async_closed_loop, closed_loop
+from batch_inference.errors import ConfigurationError
+from batch_inference.host import ModelHost
 
 __all__ = [
     "LoneCallerLatency",
@@ -214,7 +214,7 @@ def measure_overhead(quick: bool = True) -> OverheadResult:
 
 
 def main() -> None:
-    """Print :func:`measure_overhead` as JSON (``python -m batch_inference.benchmark.overhead``).
+    """Print :func:`measure_overhead` as JSON (``python -m benchmarks.overhead``).
 
     Run it in a fresh interpreter: in a process that has loaded a large model,
     the garbage collector's full passes over its objects slow the host down.

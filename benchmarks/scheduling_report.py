@@ -1,10 +1,10 @@
 """The scheduling and overhead figures, printed: each policy against the offline ceiling.
 
-Run ``python -m batch_inference.benchmark.scheduling_report`` (``--help`` for options).
+Run ``python -m benchmarks.scheduling_report`` (``--help`` for options).
 
 Workload: 400 queries of random length 1..64 tokens, MiniLM (real weights), 2
 torch threads, 64 client threads each sending one query at a time. Each policy
-(:func:`~batch_inference.benchmark.scheduling.standard_policies`) is measured
+(:func:`~benchmarks.scheduling.standard_policies`) is measured
 against the ceiling: the same queries run offline, sorted by length, in
 batches of 32, measured in the same run. Then each policy's own limit,
 simulated, and the overhead of the host with a model that does nothing, next
@@ -32,9 +32,10 @@ def simulated_limits(
     model: Any, policies: list, queries: list, clients: int, vocab_size: int
 ) -> dict[str, Any]:
     """Each policy served in simulated time (see :mod:`.simulate`), with no host."""
+    from batch_inference.benchmark.simulate import fit_cost_model
+
     from .bert import random_batch
     from .scheduling import simulate_policies
-    from .simulate import fit_cost_model
 
     lengths = [int(q[0].shape[-1]) for q in queries]
     cost = fit_cost_model(model.predict_batch, lambda r, n: random_batch(r, n, vocab_size),
@@ -50,8 +51,15 @@ def simulated_limits(
     }
 
 
+def _child_env() -> dict[str, str]:
+    """This environment, with the folder holding ``benchmarks`` first on ``PYTHONPATH``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, path) if p)}
+
+
 def overhead_lines(overhead: OverheadResult) -> list[str]:
-    """The report's lines for an :class:`~batch_inference.benchmark.overhead.OverheadResult`."""
+    """The report's lines for an :class:`~benchmarks.overhead.OverheadResult`."""
     floor = overhead.thread_floor_requests_per_s
     return [
         f"  {overhead.threads} threads : {overhead.thread_requests_per_s:10,.0f} requests/s "
@@ -79,8 +87,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    from batch_inference.benchmark.mode import environment, format_environment
+
     from .bert import BertEmbedding, load_bert, make_queries, random_lengths
-    from .mode import environment, format_environment
     from .overhead import OverheadResult
     from .scheduling import BUCKETS, compare_policies, standard_policies
 
@@ -133,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_overhead:
         print("\noverhead, model that does nothing (in a fresh interpreter):", flush=True)
         overhead = OverheadResult(**json.loads(subprocess.run(
-            [sys.executable, "-m", "batch_inference.benchmark.overhead", "--full"],
-            check=True, capture_output=True, text=True,
+            [sys.executable, "-m", "benchmarks.overhead", "--full"],
+            check=True, capture_output=True, text=True, env=_child_env(),
         ).stdout))
         print("\n".join(overhead_lines(overhead)))
         report["overhead"] = overhead.record()

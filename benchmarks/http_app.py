@@ -2,7 +2,7 @@
 
 ``POST /embed`` with ``{"input_ids": [101, ..., 102]}`` answers
 ``{"embedding": [...], "pid": ...}``: the mean over the tokens of the model's
-last hidden state (what :class:`~batch_inference.benchmark.bert.BertEmbedding`
+last hidden state (what :class:`~benchmarks.bert.BertEmbedding`
 gives for that query alone), and the id of the process that answered.
 ``GET /health`` answers ``{"pid": ..., "weights": ..., "vocab_size": ...}`` (which
 weights the model holds) once the app has started.
@@ -41,7 +41,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import ConfigurationError
+from batch_inference.errors import ConfigurationError
+
 from .http_backends import EmbeddingModel, make_backend
 
 __all__ = [
@@ -70,7 +71,7 @@ class ServeSettings:
     variant:
         ``"direct"``, ``"host"`` or ``"remote"`` (see the module docstring).
     model:
-        ``"minilm"`` or ``"bert-base"``, as for :func:`~batch_inference.benchmark.bert.load_bert`.
+        ``"minilm"`` or ``"bert-base"``, as for :func:`~benchmarks.bert.load_bert`.
     device:
         Where the model runs (``"cpu"``, ``"cuda"``).
     max_batch_size:
@@ -197,7 +198,7 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
 def app_from_env() -> Any:
     """``create_app`` with the :class:`ServeSettings` JSON in ``$BATCH_INFERENCE_HTTP_SETTINGS``.
 
-    For ``python -m uvicorn --factory batch_inference.benchmark.http_app:app_from_env``.
+    For ``python -m uvicorn --factory benchmarks.http_app:app_from_env``.
     """
     text = os.environ.get(SETTINGS_VARIABLE)
     if not text:

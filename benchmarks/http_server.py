@@ -22,12 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
 
-from ..errors import BatchInferenceError, ConfigurationError
+from batch_inference.errors import BatchInferenceError, ConfigurationError
+
 from .http_app import SETTINGS_VARIABLE, ServeSettings
 
 __all__ = ["ServerStartError", "UvicornServer"]
 
-_APP = "batch_inference.benchmark.http_app:app_from_env"
+_APP = "benchmarks.http_app:app_from_env"
 #: Where :class:`~batch_inference.RemoteModelHost` puts its sockets (see ``remote/_election``).
 RUNTIME_DIR_VARIABLE = "BATCH_INFERENCE_RUNTIME_DIR"
 
@@ -109,7 +110,7 @@ class UvicornServer:
         env = {**os.environ, **self.env}
         env[SETTINGS_VARIABLE] = settings.to_json()
         env[RUNTIME_DIR_VARIABLE] = str(shared)
-        package_root = str(Path(__file__).resolve().parents[2])  # the same batch_inference
+        package_root = str(Path(__file__).resolve().parents[1])  # benchmarks, batch_inference
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self._log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, "-m", "uvicorn", "--factory", _APP, "--uds", self.uds,

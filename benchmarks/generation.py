@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError
-from ..generation import GenerationHost
-from ..generation.protocol import StepModel
-from .load import closed_loop
+from batch_inference.benchmark.load import closed_loop
+from batch_inference.errors import ConfigurationError
+from batch_inference.generation import GenerationHost
+from batch_inference.generation.protocol import StepModel
 
 __all__ = [
     "METHODS",
@@ -200,8 +200,8 @@ def step_cost_curve(model: Any, batch_sizes: Sequence[int], context: int = 32,
     A step is timed up to its tokens as Python ints (the host needs them), so on a GPU
     the time includes waiting for the device.
     """
-    from ..generation.host import as_step_model
-    from ..generation.protocol import greedy_tokens
+    from batch_inference.generation.host import as_step_model
+    from batch_inference.generation.protocol import greedy_tokens
 
     lm: StepModel = as_step_model(model)
     curve = {}

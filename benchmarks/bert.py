@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError
+from batch_inference.errors import ConfigurationError
 
 MINILM = "all-MiniLM-L6-v2"
 BERT_BASE = "bert-base-uncased"

@@ -15,14 +15,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
-from ..batcher.base import Batcher
-from ..errors import ConfigurationError
-from ..host import ModelHost
-from .compare import stats_between
-from .load import closed_loop, offline_batches
-from .progress_bar import progress
-from .simulate import CostModel, SimulatedRun, simulate_closed_loop, simulate_offline
+from batch_inference.batcher import BucketSeqBatcher, LengthAwareBatcher, SeqBatcher
+from batch_inference.batcher.base import Batcher
+from batch_inference.benchmark.compare import stats_between
+from batch_inference.benchmark.load import closed_loop, offline_batches
+from batch_inference.benchmark.progress_bar import progress
+from batch_inference.benchmark.simulate import (
+    CostModel,
+    SimulatedRun,
+    simulate_closed_loop,
+    simulate_offline,
+)
+from batch_inference.errors import ConfigurationError
+from batch_inference.host import ModelHost
 
 __all__ = [
     "BUCKETS",

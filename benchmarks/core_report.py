@@ -1,6 +1,6 @@
 """The batching core's figures, printed: BERT throughput per batcher, and a lone caller's cost.
 
-Run ``python -m batch_inference.benchmark.core_report`` (``--help`` for options).
+Run ``python -m benchmarks.core_report`` (``--help`` for options).
 It measures, side by side in one run, after a warm-up:
 
 * queries/s of MiniLM (``all-MiniLM-L6-v2``) on random-length queries (1..64
@@ -11,11 +11,11 @@ It measures, side by side in one run, after a warm-up:
   (:func:`~batch_inference.benchmark.median_of_rounds`);
 * a lone caller's median latency through a host and through ``predict_batch``
   itself, with a model that does nothing
-  (:func:`~batch_inference.benchmark.overhead.lone_caller_latency`).
+  (:func:`~benchmarks.overhead.lone_caller_latency`).
 
 A progress bar on stderr counts the measured runs when stderr is a terminal
 (:func:`~batch_inference.benchmark.progress_bar.progress`). Imports ``transformers``
-(through :mod:`batch_inference.benchmark.bert`) only when run.
+(through :mod:`benchmarks.bert`) only when run.
 """
 
 from __future__ import annotations
@@ -25,12 +25,18 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..batcher import BucketSeqBatcher, SeqBatcher
-from ..batcher.base import Batcher
-from ..host import ModelHost
-from .compare import MethodResult, comparison_table, measure_host, median_of_rounds
-from .load import closed_loop
-from .mode import environment, format_environment
+from batch_inference.batcher import BucketSeqBatcher, SeqBatcher
+from batch_inference.batcher.base import Batcher
+from batch_inference.benchmark.compare import (
+    MethodResult,
+    comparison_table,
+    measure_host,
+    median_of_rounds,
+)
+from batch_inference.benchmark.load import closed_loop
+from batch_inference.benchmark.mode import environment, format_environment
+from batch_inference.host import ModelHost
+
 from .overhead import lone_caller_latency
 
 __all__ = ["bert_throughput", "main"]

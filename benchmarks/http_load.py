@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError
+from batch_inference.errors import ConfigurationError
 
 __all__ = ["HttpLoadResult", "http_load"]
 

@@ -3,7 +3,7 @@
 Each backend is built (loading the model where it needs one), then
 ``await start()``-ed in the app's lifespan, awaited per request with
 ``predict(input_ids, attention_mask)``, and ``await close()``-d after the
-lifespan; see :mod:`batch_inference.benchmark.http_app` for the variants.
+lifespan; see :mod:`benchmarks.http_app` for the variants.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ConfigurationError
+from batch_inference.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .http_app import ServeSettings
@@ -70,8 +70,8 @@ class _Direct:
 
 
 def _batcher(name: str) -> Any:
-    from ..batcher.bucket_seq_batcher import BucketSeqBatcher
-    from ..batcher.seq_batcher import SeqBatcher
+    from batch_inference.batcher.bucket_seq_batcher import BucketSeqBatcher
+    from batch_inference.batcher.seq_batcher import SeqBatcher
 
     if name == "bucket":
         return BucketSeqBatcher(padding_tokens=[0, 0], buckets=BUCKETS, tensor="pt")
@@ -82,7 +82,7 @@ class _Hosted:
     """Each request awaits ``host.predict_async``: the host batches waiting requests."""
 
     def __init__(self, model: Any, settings: ServeSettings) -> None:
-        from .. import ModelHost
+        from batch_inference import ModelHost
 
         self.host = ModelHost(model_obj=model, batcher=_batcher(settings.batcher),
                               max_batch_size=settings.max_batch_size)
@@ -105,7 +105,7 @@ class _Remote:
     """
 
     def __init__(self, settings: ServeSettings) -> None:
-        from ..remote import AsyncRemoteModelHost
+        from batch_inference.remote import AsyncRemoteModelHost
 
         self.remote = AsyncRemoteModelHost(
             EmbeddingModel, grpc_port=settings.grpc_port, batcher=_batcher(settings.batcher),

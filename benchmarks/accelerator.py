@@ -1,14 +1,14 @@
 """Feeding a simulated accelerator: threads, asyncio tasks, client processes, and 1.0.
 
-The model (:class:`~batch_inference.benchmark._accelerator_harness.SimulatedAccelerator`)
+The model (:class:`~benchmarks._accelerator_harness.SimulatedAccelerator`)
 sleeps ``0.5 ms + 20 us`` per row and releases the GIL meanwhile, like a CUDA
 model waiting for its device. With ``ConcatBatcher`` and ``max_batch_size=64``
 it could serve :func:`capacity_requests_per_s` requests/s (about 36,000): each
 row below is a fraction of that. Every load is a closed loop bounded in time
-and count (:mod:`~batch_inference.benchmark._accelerator_harness`); the rate is
+and count (:mod:`~benchmarks._accelerator_harness`); the rate is
 the median of its rounds, after a warm-up.
 
-Run as ``python -m batch_inference.benchmark.accelerator client '<json>'`` it
+Run as ``python -m benchmarks.accelerator client '<json>'`` it
 is one client process of :func:`remote_processes_row` (started by it).
 """
 
@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..batcher.concat_batcher import ConcatBatcher
-from ..errors import ConfigurationError
-from ..host import ModelHost
+from batch_inference.batcher.concat_batcher import ConcatBatcher
+from batch_inference.errors import ConfigurationError
+from batch_inference.host import ModelHost
+
 from . import _accelerator_harness as harness
 
 __all__ = [
@@ -47,6 +48,8 @@ MAX_BATCH_SIZE = 64
 #: Environment variable naming an unpacked batch-inference 1.0 (the folder holding its package).
 V1_PATH_VARIABLE = "BATCH_INFERENCE_V1_PATH"
 _CHILD_TIMEOUT_S = 120.0
+#: Holds ``benchmarks`` and the ``batch_inference`` beside it; child processes import both.
+_REPOSITORY_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def tasks_row(n_tasks: int = 1024, size: LoadSize = LoadSize()) -> AcceleratorRo
 
 def _child_env(extra_path: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    first = extra_path or str(Path(__file__).resolve().parents[2])
+    first = extra_path or _REPOSITORY_ROOT
     env["PYTHONPATH"] = os.pathsep.join(p for p in (first, env.get("PYTHONPATH")) if p)
     return env
 
@@ -125,7 +128,7 @@ def _serve_children(model_cls: type, port: int | None, configs: list[dict[str, A
 
     The clients start, connect and say ``ready``; then all get ``go`` at once.
     """
-    from ..remote import RemoteModelHost
+    from batch_inference.remote import RemoteModelHost
 
     port = port if port is not None else 47000 + os.getpid() % 2000
     server = RemoteModelHost(model_cls, port, ConcatBatcher(), MAX_BATCH_SIZE, wait_ms=0,
@@ -134,7 +137,7 @@ def _serve_children(model_cls: type, port: int | None, configs: list[dict[str, A
         if not server.is_server:
             raise ConfigurationError(f"port {port} is already served by another process")
         children = [subprocess.Popen(
-            [sys.executable, "-m", "batch_inference.benchmark.accelerator", "client",
+            [sys.executable, "-m", "benchmarks.accelerator", "client",
              json.dumps({"port": port, **config})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env(),
         ) for config in configs]
@@ -233,8 +236,7 @@ def executor_rates(workers: int = 64, calls: int = 20_000, rounds: int = 3
     """
     config = {"load": "executor", "workers": workers, "calls": calls, "rounds": rounds,
               "max_batch_size": MAX_BATCH_SIZE}
-    rates = {"batch_inference (this)": _run_harness(config, str(Path(__file__).resolve()
-                                                                 .parents[2]))}
+    rates = {"batch_inference (this)": _run_harness(config, _REPOSITORY_ROOT)}
     path, _ = v1_path()
     if path is not None:
         result = _run_harness(config, path)
@@ -244,7 +246,7 @@ def executor_rates(workers: int = 64, calls: int = 20_000, rounds: int = 3
 
 def _client(config: dict[str, Any]) -> None:
     """One client process: connect, say ``ready``, wait for ``go``, run, print JSON."""
-    from ..remote import RemoteModelHost
+    from batch_inference.remote import RemoteModelHost
 
     host = RemoteModelHost(harness.SimulatedAccelerator, config["port"], ConcatBatcher(),
                            MAX_BATCH_SIZE, connect_timeout_s=60.0).start()
@@ -285,5 +287,5 @@ def _lone(remote_predict: Any, calls: int) -> dict[str, float]:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["client"] or len(sys.argv) != 3:
-        raise SystemExit("usage: python -m batch_inference.benchmark.accelerator client '<json>'")
+        raise SystemExit("usage: python -m benchmarks.accelerator client '<json>'")
     _client(json.loads(sys.argv[2]))

@@ -9,8 +9,8 @@ whose ``PYTHONPATH`` points at it::
 
 The script builds ``batch_inference.ModelHost`` (whatever package that name
 resolves to) with ``batch_inference.batcher.concat_batcher.ConcatBatcher``, runs
-:func:`thread_load` (or, with ``"load": "executor"``, :func:`executor_load` over a
-model that does nothing) and prints one JSON line.
+:func:`thread_load` (or, with ``"load": "executor"``, :func:`executor_load` over
+:class:`NoOpModel`) and prints one JSON line.
 """
 
 from __future__ import annotations
@@ -121,8 +121,13 @@ def task_load(predict_async: Callable[..., Awaitable[Any]], n_tasks: int, rounds
     return result
 
 
-class DoNothing:
-    """``predict_batch(x) -> x``: the host's own cost, with no model time to hide it."""
+class NoOpModel:
+    """``predict_batch(x) -> x``: the model that does nothing.
+
+    What remains is the host's own cost, with no model time to hide it. The one
+    such model of the benchmarks (overhead, accelerator, ``tools/bench_core.py``);
+    defined here because this module imports nothing of the package.
+    """
 
     def predict_batch(self, x: np.ndarray) -> np.ndarray:
         return x
@@ -167,7 +172,7 @@ def _main(config: dict[str, Any]) -> None:
 
     executor = config.get("load") == "executor"
     host = batch_inference.ModelHost(
-        model_obj=DoNothing() if executor else SimulatedAccelerator(), batcher=ConcatBatcher(),
+        model_obj=NoOpModel() if executor else SimulatedAccelerator(), batcher=ConcatBatcher(),
         max_batch_size=config["max_batch_size"], wait_ms=0, wait_n=config["max_batch_size"],
     )
     host.start()

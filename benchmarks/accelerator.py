@@ -115,13 +115,6 @@ def _child_env(extra_path: str | None = None) -> dict[str, str]:
     return env
 
 
-class _NullModel(harness.SimulatedAccelerator):
-    """The simulated accelerator with no device time: what remains is the hosts' own cost."""
-
-    def __init__(self) -> None:
-        super().__init__(0.0, 0.0)
-
-
 def _serve_children(model_cls: type, port: int | None, configs: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
     """Serve ``model_cls`` here while one client process per config runs; their JSON results.
@@ -167,7 +160,7 @@ def remote_lone_caller(calls: int = 2_000, port: int | None = None) -> dict[str,
     the ``RemoteModelHost`` served here (both with a model that does nothing);
     returns the medians ``local_s``, ``remote_s`` and their difference ``added_s``.
     """
-    (result,) = _serve_children(_NullModel, port, [{"mode": "lone", "calls": calls}])
+    (result,) = _serve_children(harness.NoOpModel, port, [{"mode": "lone", "calls": calls}])
     return {key: float(result[key]) for key in ("local_s", "remote_s", "added_s")}
 
 
@@ -269,7 +262,7 @@ def _lone(remote_predict: Any, calls: int) -> dict[str, float]:
     """Alternate a local host and the remote one, one call at a time; medians after a warm-up."""
     local_s: list[float] = []
     remote_s: list[float] = []
-    with ModelHost(model_obj=_NullModel(), batcher=ConcatBatcher(),
+    with ModelHost(model_obj=harness.NoOpModel(), batcher=ConcatBatcher(),
                    max_batch_size=MAX_BATCH_SIZE) as local:
         for i in range(calls + calls // 10):
             start = time.perf_counter()

@@ -15,6 +15,9 @@ from batch_inference.errors import ConfigurationError
 
 MINILM = "all-MiniLM-L6-v2"
 BERT_BASE = "bert-base-uncased"
+#: The bucket bounds of batch-inference 1.0's BERT page (``BucketSeqBatcher``, batches of
+#: 32): the tutorials, the reports, the HTTP app and the tests all take them from here.
+BUCKETS = (16, 32, 64)
 
 
 @dataclass

@@ -37,11 +37,10 @@ from batch_inference.benchmark.load import closed_loop
 from batch_inference.benchmark.mode import environment, format_environment
 from batch_inference.host import ModelHost
 
+from .bert import BUCKETS
 from .overhead import lone_caller_latency
 
 __all__ = ["bert_throughput", "main"]
-
-BUCKETS = [16, 32, 64]
 
 
 def bert_throughput(
@@ -71,7 +70,8 @@ def bert_throughput(
     methods = [
         baseline,
         hosted("SeqBatcher", SeqBatcher([0, 0], tensor="pt")),
-        hosted(f"BucketSeqBatcher({BUCKETS})", BucketSeqBatcher([0, 0], BUCKETS, tensor="pt")),
+        hosted(f"BucketSeqBatcher({list(BUCKETS)})",
+               BucketSeqBatcher([0, 0], BUCKETS, tensor="pt")),
     ]
     return comparison_table(median_of_rounds(methods, repeats, desc="BERT runs"))
 

@@ -43,7 +43,14 @@ import numpy as np
 
 from batch_inference.errors import ConfigurationError
 
-from .http_backends import EmbeddingModel, make_backend
+from .http_backends import (
+    Backend,
+    DirectBackend,
+    EmbeddingModel,
+    HostedBackend,
+    ModelFacts,
+    RemoteBackend,
+)
 
 __all__ = [
     "SETTINGS_VARIABLE",
@@ -127,6 +134,23 @@ class ServeSettings:
             return cls(**fields)
         except (json.JSONDecodeError, TypeError) as error:
             raise ConfigurationError(f"bad serve settings {text!r}: {error}") from None
+
+
+def make_backend(settings: ServeSettings, model: Any | None) -> tuple[Backend, Any]:
+    """The variant's backend (not started) and what the endpoint knows of the model.
+
+    Builds the model (variants ``"direct"`` and ``"host"``, unless ``model`` is
+    given): call it off the event loop.
+    """
+    if settings.variant == "remote":  # the model lives in whichever process serves
+        backend = RemoteBackend(settings.model, settings.device, settings.grpc_port,
+                                settings.batcher, settings.max_batch_size)
+        return backend, model or ModelFacts(settings.model)
+    if model is None:
+        model = EmbeddingModel(settings.model, settings.device)
+    if settings.variant == "direct":
+        return DirectBackend(model, settings.direct_threads), model
+    return HostedBackend(model, settings.batcher, settings.max_batch_size), model
 
 
 def sentence_embedding(hidden: Any) -> list[float]:

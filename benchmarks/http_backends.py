@@ -1,25 +1,24 @@
 """How the embedding app's endpoint reaches the model: one backend per variant.
 
-Each backend is built (loading the model where it needs one), then
-``await start()``-ed in the app's lifespan, awaited per request with
-``predict(input_ids, attention_mask)``, and ``await close()``-d after the
-lifespan; see :mod:`benchmarks.http_app` for the variants.
+Each backend is built from plain values (loading the model where it needs
+one), then ``await start()``-ed in the app's lifespan, awaited per request
+with ``predict(input_ids, attention_mask)``, and ``await close()``-d after the
+lifespan; :mod:`benchmarks.http_app` picks one from its settings (this module
+does not import the app).
 """
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from batch_inference.errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from .http_app import ServeSettings
+from .bert import BUCKETS
 
-__all__ = ["BUCKETS", "EmbeddingModel", "make_backend"]
-
-BUCKETS = [16, 32, 64]  # the seed's buckets, as in the BERT tutorial
+__all__ = ["Backend", "DirectBackend", "EmbeddingModel", "HostedBackend", "ModelFacts",
+           "RemoteBackend"]
 
 
 class EmbeddingModel:
@@ -41,7 +40,9 @@ class EmbeddingModel:
         return self._embedding.predict_batch(input_ids, attention_mask)
 
 
-class _Backend(Protocol):
+class Backend(Protocol):
+    """What the endpoint awaits: started once, then one ``predict`` per request, then closed."""
+
     async def start(self) -> None: ...
 
     async def predict(self, input_ids: Any, attention_mask: Any) -> Any: ...
@@ -49,7 +50,7 @@ class _Backend(Protocol):
     async def close(self) -> None: ...
 
 
-class _Direct:
+class DirectBackend:
     """Each request calls the model on its own query, in a pool of ``threads`` threads."""
 
     def __init__(self, model: Any, threads: int) -> None:
@@ -78,14 +79,14 @@ def _batcher(name: str) -> Any:
     return SeqBatcher(padding_tokens=[0, 0], tensor="pt")
 
 
-class _Hosted:
+class HostedBackend:
     """Each request awaits ``host.predict_async``: the host batches waiting requests."""
 
-    def __init__(self, model: Any, settings: ServeSettings) -> None:
+    def __init__(self, model: Any, batcher: str, max_batch_size: int) -> None:
         from batch_inference import ModelHost
 
-        self.host = ModelHost(model_obj=model, batcher=_batcher(settings.batcher),
-                              max_batch_size=settings.max_batch_size)
+        self.host = ModelHost(model_obj=model, batcher=_batcher(batcher),
+                              max_batch_size=max_batch_size)
 
     async def start(self) -> None:
         self.host.start()
@@ -97,21 +98,23 @@ class _Hosted:
         await asyncio.to_thread(self.host.stop, timeout=30.0)
 
 
-class _Remote:
+class RemoteBackend:
     """Each request awaits an ``AsyncRemoteModelHost`` shared by the server's processes.
 
-    Its scheduling is the local host's: no added delay (``wait_ms=0``), a batch
-    as soon as the model is free.
+    Named by ``grpc_port``; whichever process serves it builds
+    ``EmbeddingModel(model, device)``. Its scheduling is the local host's: no
+    added delay (``wait_ms=0``), a batch as soon as the model is free.
     """
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, model: str, device: str, grpc_port: int, batcher: str,
+                 max_batch_size: int) -> None:
         from batch_inference.remote import AsyncRemoteModelHost
 
         self.remote = AsyncRemoteModelHost(
-            EmbeddingModel, grpc_port=settings.grpc_port, batcher=_batcher(settings.batcher),
-            max_batch_size=settings.max_batch_size, wait_ms=0, wait_n=settings.max_batch_size,
+            EmbeddingModel, grpc_port=grpc_port, batcher=_batcher(batcher),
+            max_batch_size=max_batch_size, wait_ms=0, wait_n=max_batch_size,
             connect_timeout_s=300.0,  # the serving process may still be loading the model
-        )(settings.model, settings.device)
+        )(model, device)
 
     async def start(self) -> None:
         await self.remote.start()
@@ -123,7 +126,7 @@ class _Remote:
         await self.remote.stop(timeout=30.0)
 
 
-class _ModelFacts:
+class ModelFacts:
     """What a process that does not hold the model knows of it: its vocabulary."""
 
     def __init__(self, model: str) -> None:
@@ -147,17 +150,3 @@ def _vocab_size(model: str) -> int:
             return int(BertConfig().vocab_size)
     raise ConfigurationError(f"model must be 'minilm' or 'bert-base', got {model!r}")
 
-
-def make_backend(settings: ServeSettings, model: Any | None) -> tuple[_Backend, Any]:
-    """The variant's backend (not started) and what the endpoint knows of the model.
-
-    Builds the model (variants ``"direct"`` and ``"host"``, unless ``model`` is
-    given): call it off the event loop.
-    """
-    if settings.variant == "remote":  # the model lives in whichever process serves
-        return _Remote(settings), model or _ModelFacts(settings.model)
-    if model is None:
-        model = EmbeddingModel(settings.model, settings.device)
-    if settings.variant == "direct":
-        return _Direct(model, settings.direct_threads), model
-    return _Hosted(model, settings), model

@@ -4,9 +4,9 @@ Three figures: requests per second from many threads, requests per second from
 many asyncio tasks, and the latency a lone caller adds over calling
 ``predict_batch`` directly (medians, :func:`lone_caller_latency`). And, for the
 thread figure, a floor measured side by side: the same closed loop with no host
-at all, only the hand-off of each request to another thread and back. This is
-the package's one model that does nothing (:class:`NoOpModel`) and its one
-lone-caller measurement; the reports and the overhead page use them.
+at all, only the hand-off of each request to another thread and back. The
+model is :class:`~benchmarks._accelerator_harness.NoOpModel`; this is the one
+lone-caller measurement, used by the reports and the overhead page.
 Nothing here imports pandas, matplotlib or transformers.
 """
 
@@ -26,9 +26,10 @@ from batch_inference.benchmark.load import async_closed_loop, closed_loop
 from batch_inference.errors import ConfigurationError
 from batch_inference.host import ModelHost
 
+from ._accelerator_harness import NoOpModel
+
 __all__ = [
     "LoneCallerLatency",
-    "NoOpModel",
     "OverheadResult",
     "async_requests_per_s",
     "handoff_floor_requests_per_s",
@@ -36,13 +37,6 @@ __all__ = [
     "measure_overhead",
     "thread_requests_per_s",
 ]
-
-
-class NoOpModel:
-    """``predict_batch(x) -> x``: the model that does nothing."""
-
-    def predict_batch(self, x: Any) -> Any:
-        return x
 
 
 def _queries(count: int) -> list[tuple[np.ndarray]]:
@@ -149,9 +143,10 @@ class LoneCallerLatency:
 def lone_caller_latency(calls: int = 2_000) -> LoneCallerLatency:
     """A lone caller's latency through ``host.predict`` and through ``predict_batch`` itself.
 
-    The model does nothing (:class:`NoOpModel`); after a warm-up through the
-    host, each of ``calls`` rounds calls the model directly, then the host,
-    so a drift of the machine touches both sides alike.
+    The model does nothing
+    (:class:`~benchmarks._accelerator_harness.NoOpModel`); after a warm-up
+    through the host, each of ``calls`` rounds calls the model directly, then
+    the host, so a drift of the machine touches both sides alike.
 
     Raises
     ------

@@ -29,8 +29,9 @@ from batch_inference.benchmark.simulate import (
 from batch_inference.errors import ConfigurationError
 from batch_inference.host import ModelHost
 
+from .bert import BUCKETS
+
 __all__ = [
-    "BUCKETS",
     "Policy",
     "PolicyResult",
     "compare_policies",
@@ -39,9 +40,6 @@ __all__ = [
     "simulate_policies",
     "standard_policies",
 ]
-
-#: The bucket bounds of the ``BucketSeqBatcher`` policy.
-BUCKETS = (16, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ def standard_policies(
 ) -> list[Policy]:
     """The policies the scheduling page and report compare, for ``(input_ids, mask)`` queries.
 
-    ``"SeqBatcher"``, ``"BucketSeqBatcher"`` (buckets :data:`BUCKETS`) and
+    ``"SeqBatcher"``, ``"BucketSeqBatcher"`` (buckets :data:`~benchmarks.bert.BUCKETS`) and
     ``"LengthAwareBatcher"`` (with ``call_cost_tokens`` where given), all with
     ``max_delay_s=0``; with ``delay_s``, also the length-aware batcher with
     ``max_delay_s=delay_s``, named ``"LengthAwareBatcher, max_delay_s=<delay_s>"``.

@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from batch_inference.benchmark.mode import environment, format_environment
 
-    from .bert import BertEmbedding, load_bert, make_queries, random_lengths
+    from .bert import BUCKETS, BertEmbedding, load_bert, make_queries, random_lengths
     from .overhead import OverheadResult
-    from .scheduling import BUCKETS, compare_policies, standard_policies
+    from .scheduling import compare_policies, standard_policies
 
     torch.set_num_threads(args.threads)
     loaded = load_bert("minilm")

@@ -18,13 +18,12 @@ import torch
 from batch_inference import ModelHost
 from batch_inference.batcher import BucketSeqBatcher, SeqBatcher
 from batch_inference.benchmark import closed_loop
-from benchmarks.bert import make_queries, random_lengths
+from benchmarks.bert import BUCKETS, make_queries, random_lengths
 
 DISTINCT = 256  # distinct random-length queries (references cost one call each)
 TASKS = 500  # asyncio tasks, one query each: task i sends query i % DISTINCT
 THREADS = 64
 THREAD_QUERIES = 192  # 3 per thread: the first 192 distinct queries
-BUCKETS = [16, 32, 64]
 ATOL = 1e-4
 
 

@@ -10,8 +10,8 @@ import torch
 
 from batch_inference import ConfigurationError
 from batch_inference.batcher import LengthAwareBatcher, SeqBatcher
+from benchmarks._accelerator_harness import NoOpModel
 from benchmarks.overhead import (
-    NoOpModel,
     async_requests_per_s,
     handoff_floor_requests_per_s,
     lone_caller_latency,

@@ -2,6 +2,10 @@
 
 Prints one JSON line of figures measured with whatever ``batch_inference`` is first
 on ``sys.path``. ``tools/compare_commits.sh`` runs it alternately for two source trees.
+The workload's buckets and the model that does nothing come from this checkout's
+``benchmarks/`` (put last on ``sys.path``, so a tree that has its own wins; neither
+imports anything of the package beyond its errors), so an older tree without
+``benchmarks/`` is measured on the same workload.
 
 * ``seed_qps``: the seed workload: MiniLM (all-MiniLM-L6-v2, real weights),
   ``BucketSeqBatcher([16, 32, 64])``, ``max_batch_size=32``, 400 queries of 1..64 tokens,
@@ -20,20 +24,21 @@ import json
 import os
 import random
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # benchmarks/, after the tree measured
+
 from batch_inference import ModelHost
 from batch_inference.batcher.bucket_seq_batcher import BucketSeqBatcher
 from batch_inference.batcher.concat_batcher import ConcatBatcher
-
-
-class DoNothing:
-    def predict_batch(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+from benchmarks._accelerator_harness import NoOpModel
+from benchmarks.bert import BUCKETS
 
 
 class Embedding:
@@ -87,7 +92,7 @@ def seed_qps(queries_n: int, clients: int) -> float:
         length = rng.randint(1, 64)
         ids = torch.randint(1, model.config.vocab_size, (1, length))
         queries.append((ids, torch.ones(1, length, dtype=torch.long)))
-    batcher = BucketSeqBatcher(padding_tokens=[0, 0], buckets=[16, 32, 64], tensor="pt")
+    batcher = BucketSeqBatcher(padding_tokens=[0, 0], buckets=BUCKETS, tensor="pt")
     with ModelHost(model_obj=Embedding(model), batcher=batcher, max_batch_size=32) as host:
         closed_loop(host.predict, queries[:64], clients)  # warm-up
         return queries_n / closed_loop(host.predict, queries, clients)
@@ -95,7 +100,7 @@ def seed_qps(queries_n: int, clients: int) -> float:
 
 def threads_qps(calls: int, clients: int) -> float:
     x = torch.ones(1, 4)
-    with ModelHost(model_obj=DoNothing(), batcher=ConcatBatcher(tensor="pt")) as host:
+    with ModelHost(model_obj=NoOpModel(), batcher=ConcatBatcher(tensor="pt")) as host:
         closed_loop(host.predict, [(x,)] * 2000, clients)
         return calls / closed_loop(host.predict, [(x,)] * calls, clients)
 
@@ -114,14 +119,14 @@ def asyncio_qps(calls: int, tasks: int) -> float:
         await asyncio.gather(*(task() for _ in range(tasks)))
         return per_task * tasks / (time.perf_counter() - began)
 
-    with ModelHost(model_obj=DoNothing(), batcher=ConcatBatcher(tensor="pt")) as host:
+    with ModelHost(model_obj=NoOpModel(), batcher=ConcatBatcher(tensor="pt")) as host:
         asyncio.run(run(host, 5000))
         return asyncio.run(run(host, calls))
 
 
 def lone_added_us(calls: int) -> float:
     x = torch.ones(1, 4)
-    model = DoNothing()
+    model = NoOpModel()
 
     def median_s(call: Any) -> float:
         samples = []

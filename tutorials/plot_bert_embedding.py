@@ -76,7 +76,7 @@ from batch_inference.benchmark import (
     run_mode,
     save_results,
 )
-from benchmarks.bert import BertEmbedding, load_bert, make_queries, random_lengths
+from benchmarks.bert import BUCKETS, BertEmbedding, load_bert, make_queries, random_lengths
 
 transformers_logging.disable_progress_bar()  # no loading bars in the page's output
 MODE = run_mode()
@@ -86,7 +86,6 @@ SIZES = {
     "quick": {"model": "minilm", "queries": 400, "clients": 64, "warmup": 64},
 }[MODE]
 ROUNDS = 3  # each method runs this many times, interleaved; its median run is reported
-BUCKETS = [16, 32, 64]
 CHECKED = 32  # answers compared with the model run on each query alone
 # The model's dtype: bf16 (or fp16) in full mode on a GPU, where tensor cores run half
 # precision, float32 on a CPU (``BATCH_INFERENCE_DTYPE`` overrides).

@@ -70,7 +70,7 @@ def load_bert(name: str, device: str = "cpu", dtype: Any = None) -> LoadedModel:
 
 
 class BertEmbedding:
-    """``predict_batch(input_ids, attention_mask) -> last_hidden_state``, as in the seed."""
+    """``predict_batch(input_ids, attention_mask) -> last_hidden_state``, as 1.0's BERT page."""
 
     def __init__(self, model: Any, device: str = "cpu") -> None:
         self.model = model

@@ -89,9 +89,9 @@ class ServeSettings:
         Longest query accepted, in tokens; a longer one gets HTTP 422.
     batcher:
         The host's batcher (variants ``"host"`` and ``"remote"``): ``"bucket"``, a
-        :class:`~batch_inference.batcher.BucketSeqBatcher` with the seed's
-        buckets ``[16, 32, 64]`` (queries of one length bucket share a batch),
-        or ``"seq"``, a :class:`~batch_inference.batcher.SeqBatcher` (every
+        :class:`~batch_inference.batcher.BucketSeqBatcher` with the buckets of
+        batch-inference 1.0's BERT page, ``[16, 32, 64]`` (queries of one length
+        bucket share a batch), or ``"seq"``, a :class:`~batch_inference.batcher.SeqBatcher` (every
         waiting query padded to the longest).
     grpc_port:
         The number that names the shared host of variant ``"remote"``

@@ -41,6 +41,7 @@ extensions = [
     "bi_api",  # docs/_ext: one API page per public module
     "bi_headline",  # docs/_ext: the home page's measured headline
     "bi_checks",  # docs/_ext: fail the build when a tutorial did not run
+    "bi_gallery",  # docs/_ext: the gallery's tutorials apart from its benchmark reports
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}

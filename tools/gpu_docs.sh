@@ -47,7 +47,8 @@ say() { echo "gpu_docs: $*"; }
 # ---------------------------------------------------------------- checks (every mode)
 problems=0
 for path in docs/conf.py docs/_ext/bi_checks.py tutorials/plot_bert_embedding.py \
-        batch_inference/__init__.py tools/gpu_wheels.txt tools/gpu_docs_helper.py; do
+        batch_inference/__init__.py benchmarks/__init__.py tools/gpu_wheels.txt \
+        tools/gpu_docs_helper.py; do
     if [ ! -e "$ROOT/$path" ]; then say "MISSING: $ROOT/$path"; problems=$((problems + 1)); fi
 done
 if ! command -v "$PYTHON" >/dev/null 2>&1; then

@@ -11,7 +11,7 @@ What is measured: many clients each send one query (``input_ids`` and
 (``last_hidden_state``). We time how long it takes to serve all queries
 
 * **Baseline**: two threads call the model's ``predict_batch`` directly, one
-  query at a time (as the seed's benchmark did);
+  query at a time (as batch-inference 1.0's BERT page did);
 * **Sequence Batcher** (:doc:`/batcher/seq_batcher`) with ``max_batch_size``
   4, 8 and 32: 64 client threads call ``host.predict``; requests that wait
   together are padded to the longest one and run as one batch;
@@ -21,7 +21,7 @@ What is measured: many clients each send one query (``input_ids`` and
 
 Two sizes, chosen once from the hardware (``batch_inference.benchmark.run_mode``):
 
-* **full** (on a CUDA GPU): the seed's size, 2000 queries through
+* **full** (on a CUDA GPU): the size of batch-inference 1.0's BERT page, 2000 queries through
   ``bert-base-uncased`` (pretrained where the weights are available offline,
   otherwise a randomly initialised model of the same shape: the compute is the
   same; the page prints which one ran), 64 clients;
@@ -215,7 +215,7 @@ print(f"first {CHECKED} answers of every run, batched vs alone: "
 # %%
 # Results
 # -------
-# The seed's columns, plus throughput and the speed-up over the baseline
+# The columns of batch-inference 1.0's BERT page, plus throughput and the speed-up over the baseline
 # (execution time in seconds).
 
 records = comparison_table(results)

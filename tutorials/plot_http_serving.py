@@ -27,7 +27,7 @@ Compared on the same run, each with the same clients and queries:
 * **one process, ModelHost**: the endpoint awaits
   ``host.predict_async(input_ids, attention_mask)``; the host groups the
   requests that wait together by length bucket
-  (:class:`~batch_inference.batcher.BucketSeqBatcher`, the seed's buckets
+  (:class:`~batch_inference.batcher.BucketSeqBatcher`, batch-inference 1.0's buckets
   ``[16, 32, 64]``, ``max_batch_size=32``), pads each group and runs it as
   one batch.
 * **several processes, RemoteModelHost**: uvicorn runs several worker

@@ -26,7 +26,8 @@ __all__ = [
     "stats_between",
 ]
 
-#: Columns of :func:`comparison_table`, in order: the seed's five, then ours.
+#: Columns of :func:`comparison_table`, in order: the five of batch-inference 1.0's BERT
+#: page, then ours.
 TABLE_COLUMNS = (
     "Method",
     "Query Count",
@@ -176,7 +177,7 @@ def comparison_table(results: Sequence[MethodResult], baseline: str = "Baseline"
     """One record per result with :data:`TABLE_COLUMNS`; speed-up is over ``baseline``.
 
     ``Execution Time`` is in seconds; ``Max Batch Size Setting`` is ``"/"``
-    for a result without a host, as in the seed's table.
+    for a result without a host, as in the table of batch-inference 1.0's BERT page.
 
     Raises
     ------

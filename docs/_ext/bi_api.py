@@ -5,7 +5,9 @@ At ``builder-inited`` every module whose dotted name has no part starting with
 public object *defined* there (``autoclass``/``autofunction``/``autodata``).
 Names a module re-exports from elsewhere are listed as links to where they are
 defined, so nothing is documented twice and a new module or export shows up
-without editing the docs.
+without editing the docs. The index lists the library's modules, then the
+measuring API (:data:`MEASURING`); the docs' page harnesses live outside the
+package (``benchmarks/``) and have no page here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 PACKAGE = "batch_inference"
 API_DIR = "api"
+#: The measuring API's package: its modules get the index's second section.
+MEASURING = "batch_inference.benchmark"
 
 
 def public_modules(package: str = PACKAGE) -> list[str]:
@@ -99,17 +103,26 @@ def module_page(name: str) -> str:
     return "\n".join(lines)
 
 
+def _is_measuring(name: str) -> bool:
+    return name == MEASURING or name.startswith(MEASURING + ".")
+
+
 def index_page(names: list[str]) -> str:
-    """The reST of the API index, a toctree over every module page."""
+    """The reST of the API index: a toctree over the library's module pages, then one over
+    the measuring API's."""
     title = "API reference"
     lines = [
         title, "=" * len(title), "",
         "Every public module of the package, generated from its docstrings at build time.",
         "The names most code needs are importable from the package itself",
-        "(:mod:`batch_inference`) and :mod:`batch_inference.batcher`.", "",
-        ".. toctree::", "   :maxdepth: 1", "",
+        "(:mod:`batch_inference`) and :mod:`batch_inference.batcher`; to measure your own",
+        f"model, :mod:`{MEASURING}` (closed loops, comparing hosts, the fitted cost model).",
     ]
-    lines += [f"   {name}" for name in names]
+    for caption, wanted in (("The library", False), ("Measuring your own model", True)):
+        section = [name for name in names if _is_measuring(name) == wanted]
+        if section:
+            lines += ["", ".. toctree::", "   :maxdepth: 1", f"   :caption: {caption}", ""]
+            lines += [f"   {name}" for name in section]
     return "\n".join(lines) + "\n"
 
 

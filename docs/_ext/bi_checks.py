@@ -30,7 +30,7 @@ from typing import Any
 GALLERY_DIR = "auto_tutorials"
 BERT_PAGE = "plot_bert_embedding"
 
-#: The seed's columns plus ours, as the BERT table must show them.
+#: The columns of batch-inference 1.0's BERT page plus ours, as the BERT table must show them.
 BERT_COLUMNS = (
     "Method", "Query Count", "Execution Time", "Max Batch Size Setting", "Avg Batch Size",
     "Queries/s", "Speed-up",

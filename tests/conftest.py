@@ -8,7 +8,7 @@ Fixtures any test module may use
     ``LoadedModel`` with ``.model``, ``.weights``, ``.vocab_size``).
 ``minilm_embedding`` (session)
     ``BertEmbedding(minilm.model)``: ``predict_batch(input_ids, attention_mask)``
-    returning the last hidden state, as in the seed.
+    returning the last hidden state, as on batch-inference 1.0's BERT page.
 ``make_host``
     ``make_host(model_obj=..., batcher=..., **options) -> ModelHost``, started;
     every host it made is stopped when the test ends (pending callers get
@@ -21,8 +21,14 @@ Fixtures any test module may use
     arguments are recorded in ``gated.calls``. The gate is released at
     teardown so no worker stays blocked.
 ``wait_until``
-    ``wait_until(predicate, timeout_s=10)``: wait (on an event, never a fixed
-    sleep) until ``predicate()`` holds; fails the test if it does not in time.
+    ``wait_until(predicate, timeout_s=10)``: until ``predicate()`` holds, or
+    fail the test. The bounded fallback for states no code signals (a queue's
+    depth, counts recorded after the callers were answered, a host's
+    ``running`` flag); where a model, a batcher or a future can signal, the
+    tests wait on that event instead (e.g. ``gated.entered``).
+``wait_past``
+    ``wait_past(deadline_s)``: one wait until ``time.monotonic()`` has passed
+    ``deadline_s`` (a request's deadline, say), bounded to 10 s ahead.
 
 Everything here is CPU only. ``HF_HUB_OFFLINE=1`` is set so that nothing
 tries the network. Tests marked ``@pytest.mark.gpu`` are skipped where CUDA is
@@ -137,7 +143,10 @@ def gated() -> Iterator[GatedModel]:
 
 @pytest.fixture
 def wait_until() -> Callable[..., None]:
-    """Wait until a predicate holds (checked on a short event wait), or fail."""
+    """Wait until a predicate holds (checked every millisecond), or fail within ``timeout_s``.
+
+    Only for a state no code signals; see the module docstring.
+    """
 
     def wait(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
         never = threading.Event()
@@ -146,5 +155,19 @@ def wait_until() -> Callable[..., None]:
             if time.monotonic() > deadline_s:
                 pytest.fail(f"condition {predicate!r} did not hold within {timeout_s} s")
             never.wait(0.001)
+
+    return wait
+
+
+@pytest.fixture
+def wait_past() -> Callable[[float], None]:
+    """Wait until ``time.monotonic()`` is past ``deadline_s``: a wait on the clock, not a poll."""
+
+    def wait(deadline_s: float) -> None:
+        if deadline_s - time.monotonic() > 10.0:
+            pytest.fail(f"deadline {deadline_s} is more than 10 s ahead")
+        never = threading.Event()
+        while (left_s := deadline_s - time.monotonic()) >= 0:
+            never.wait(left_s + 1e-4)  # a timed wait may end a hair early: check again
 
     return wait

@@ -152,14 +152,14 @@ def test_cancel_while_queued_never_runs(model: Any, hosts: Any) -> None:
 
 
 def test_deadline_mid_generation_times_the_row_out(
-    model: Any, hosts: Any, wait_until: Any
+    model: Any, hosts: Any, wait_past: Any
 ) -> None:
     gated = GatedModel(HFCausalLM(model), gate_at=2)
     host = hosts(gated, max_batch_size=4)
     late = host.stream([1, 2, 3], 30, timeout=0.05)
     fine = host.stream([4, 5], 30)
     assert gated.entered.wait(WAIT_S)
-    wait_until(lambda: time.monotonic() > late.deadline_s)
+    wait_past(late.deadline_s)
     gated.release.set()
     with pytest.raises(RequestTimeoutError):
         late.result(WAIT_S)

@@ -50,7 +50,7 @@ def rows_of(i: int, rows: int = 1, width: int = 3) -> torch.Tensor:
 def test_many_threads_each_get_the_model_output_of_their_own_input(make_host) -> None:
     host = make_host(model_obj=Doubler(), max_batch_size=8)
     threads, per_thread = 16, 25
-    barrier = threading.Barrier(threads)
+    barrier = threading.Barrier(threads, timeout=30)
     results: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     errors: list[BaseException] = []
 
@@ -68,7 +68,8 @@ def test_many_threads_each_get_the_model_output_of_their_own_input(make_host) ->
     for w in workers:
         w.start()
     for w in workers:
-        w.join()
+        w.join(60)
+    assert not any(w.is_alive() for w in workers), "a client is still waiting"
 
     assert errors == []
     assert len(results) == threads * per_thread
@@ -133,7 +134,7 @@ def test_asyncio_tasks_get_their_own_results(make_host) -> None:
 @pytest.mark.timeout(60)
 def test_several_event_loops_and_threads_share_one_host(make_host) -> None:
     host = make_host(model_obj=Doubler(), max_batch_size=16)
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(4, timeout=30)
     failures: list[BaseException] = []
 
     def loop_client(base: int) -> None:
@@ -162,7 +163,8 @@ def test_several_event_loops_and_threads_share_one_host(make_host) -> None:
     for w in workers:
         w.start()
     for w in workers:
-        w.join()
+        w.join(60)
+    assert not any(w.is_alive() for w in workers), "a client is still waiting"
     assert failures == []
 
 

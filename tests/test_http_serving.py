@@ -153,8 +153,10 @@ def test_the_host_variant_batches_requests_that_wait_together(
                 head = asyncio.ensure_future(client.post("/embed", json=first))
                 assert await asyncio.to_thread(entered.wait, BOUND_S)
                 tail = [asyncio.ensure_future(client.post("/embed", json=p)) for p in rest]
-                while app.state.host.stats().requests < len(queries):  # all are queued
-                    await asyncio.sleep(0.001)
+                # All are queued: no code signals it, so a bounded check every millisecond.
+                async with asyncio.timeout(BOUND_S):
+                    while app.state.host.stats().requests < len(queries):
+                        await asyncio.sleep(0.001)
             finally:
                 release.set()
             return await asyncio.gather(head, *tail)

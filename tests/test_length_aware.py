@@ -246,7 +246,7 @@ def test_minilm_answers_equal_predict_batch_alone(minilm: Any, minilm_embedding:
     host = make_host(model_obj=minilm_embedding, batcher=LengthAwareBatcher([0, 0]),
                      max_batch_size=8, max_delay_s=0.05)
     results: list[Any] = [None] * len(queries)
-    barrier = threading.Barrier(12)
+    barrier = threading.Barrier(12, timeout=30)
 
     def client(start: int) -> None:
         barrier.wait()

@@ -112,7 +112,7 @@ def test_snippet_with_host_gives_correct_embeddings_to_concurrent_callers(
     direct = cls()
     inputs = [encode(tokenizer, text) for text in SENTENCES * 4]
     outputs: list[Any] = [None] * len(inputs)
-    barrier = threading.Barrier(len(inputs))
+    barrier = threading.Barrier(len(inputs), timeout=60)
 
     def call(i: int) -> None:
         barrier.wait()
@@ -123,7 +123,8 @@ def test_snippet_with_host_gives_correct_embeddings_to_concurrent_callers(
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "a caller is still waiting"
 
     for (ids, mask), output in zip(inputs, outputs):
         assert output is not None

@@ -277,7 +277,7 @@ def test_stress_threads_and_tasks_nothing_lost_nothing_hangs(ending: str) -> Non
             stopped.append(host.stop(cancel_pending=True, timeout=30))
     outcomes: list[Outcome] = []
     lock = threading.Lock()
-    start = threading.Barrier(THREADS + 2)
+    start = threading.Barrier(THREADS + 2, timeout=NO_TIMEOUT_BOUND_S)
 
     def client(plans: list[Plan]) -> None:
         start.wait()

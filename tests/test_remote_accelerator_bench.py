@@ -1,4 +1,4 @@
-"""benchmark.accelerator and its harness: bounded loads, rows, the 1.0 subprocess."""
+"""benchmarks.accelerator and its harness: bounded loads, rows, the 1.0 subprocess."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def report(html_dir: Path, results_dir: Path, out: Path) -> list[str]:
 
 
 def _bert_summary(path: Path) -> list[str]:
-    """Mode, weights, the bucket batcher's speed-up against the seed's, any model-busy share."""
+    """Mode, weights, the bucket batcher's speed-up against 1.0's published one, busy shares."""
     if not path.exists():
         return []
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -40,8 +40,8 @@ e.g. ``BATCH_INFERENCE_MODE=full python tutorials/plot_bert_embedding.py``.
 # %%
 # Set-up
 # ------
-# The workload and the measuring code live in :mod:`batch_inference.benchmark`
-# (tested with the package); this script only chooses the sizes and prints
+# The workload lives in the repository's ``benchmarks/bert.py`` and the measuring
+# code in :mod:`batch_inference.benchmark` (both tested); this script only chooses the sizes and prints
 # the results.
 
 import sys

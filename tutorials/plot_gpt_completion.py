@@ -43,7 +43,7 @@ The page prints which one ran. Set ``BATCH_INFERENCE_MODE`` to choose.
 # Set-up
 # ------
 # The models, workloads and load loops live in
-# :mod:`benchmarks.generation` (tested with the package).
+# the repository's ``benchmarks/generation.py`` (tested).
 
 import sys
 from pathlib import Path

@@ -64,7 +64,7 @@ otherwise be the limit.
 # Set-up
 # ------
 # The app, the load generator and the server process live in
-# :mod:`batch_inference.benchmark` (tested with the package): this script only
+# the repository's ``benchmarks/`` (tested): this script only
 # chooses the sizes, runs them side by side and shows the results.
 
 import sys

@@ -35,8 +35,8 @@ the pretrained ones are not available offline; printed below). Set
 # %%
 # Set-up
 # ------
-# The measuring code lives in :mod:`benchmarks.scheduling`
-# (tested with the package); this page chooses the sizes and shows the results.
+# The measuring code lives in the repository's ``benchmarks/scheduling.py``
+# (tested); this page chooses the sizes and shows the results.
 
 import sys
 from pathlib import Path

@@ -25,7 +25,8 @@ Fixtures any test module may use
     fail the test. The bounded fallback for states no code signals (a queue's
     depth, counts recorded after the callers were answered, a host's
     ``running`` flag); where a model, a batcher or a future can signal, the
-    tests wait on that event instead (e.g. ``gated.entered``).
+    tests wait on that event instead (``gated.entered``), and a request sent
+    with ``host.submit()`` is queued once the call returns (no wait at all).
 ``wait_past``
     ``wait_past(deadline_s)``: one wait until ``time.monotonic()`` has passed
     ``deadline_s`` (a request's deadline, say), bounded to 10 s ahead.

@@ -80,7 +80,7 @@ def test_counts_batch_sizes_and_percentiles(gated: Any, make_host: Any, wait_unt
     first = host.submit(np.ones((1, 2), dtype=np.float32))
     assert gated.entered.wait(30)
     rest = [host.submit(np.full((1, 2), i, dtype=np.float32)) for i in range(5)]
-    wait_until(lambda: host.stats().queue_depth == 5)
+    assert host.stats().queue_depth == 5  # submit() returns once its request is queued
     during = host.stats()
     assert during.requests == 6
     assert during.completed == 0
@@ -111,7 +111,7 @@ def test_padding_efficiency_counts_real_and_padded_tokens(
     first = host.submit(torch.ones(1, 4, dtype=torch.long))
     assert gated.entered.wait(30)
     rest = [host.submit(torch.ones(1, n, dtype=torch.long)) for n in (2, 4, 6)]
-    wait_until(lambda: host.stats().queue_depth == 3)
+    assert host.stats().queue_depth == 3  # submit() returns once its request is queued
     gated.release.set()
     assert first.result(30).shape == (1, 4)
     assert [f.result(30).shape[1] for f in rest] == [2, 4, 6]
@@ -130,7 +130,7 @@ def test_failures_and_isolation_retries_are_counted(make_host: Any, wait_until: 
     first = host.submit(one(0.0))
     assert model.entered.wait(30)
     good, bad = host.submit(one(1.0)), host.submit(one(-1.0))
-    wait_until(lambda: host.stats().queue_depth == 2)
+    assert host.stats().queue_depth == 2  # submit() returns once its request is queued
     model.release.set()
     assert first.result(30).item() == 1.0
     assert good.result(30).item() == 2.0

@@ -12,31 +12,38 @@ next batch itself (whatever the batcher selects, at once) and prepares it:
 an idle model then costs no hand-off between threads, which is most of what
 a small batch costs.
 
-Invariants:
+The prefetch policy is this module's: the prefetcher waits until enough
+requests queue for a full batch (``_ahead_at``; it asks the queue only to
+wake it at that length), and takes with ``model_busy=True`` only a batch
+that holds the oldest request. What it took and has not started is *held*
+here (``_held``), so that a held request can still be cancelled, expire, or
+be drained (and answered) by ``stop(cancel_pending=True)`` or a broken host.
 
-* at most one prepared batch waits in the slot (under ``_cv``);
-* ``_running`` is true exactly while the model thread runs a batch; it turns
-  false under the queue's lock, and the prefetcher takes only while it is
-  true (the queue reads it under that lock), so after the model thread turns
-  it false, either the prefetcher already holds a batch (``_holding``, also
-  set under the queue's lock; the model thread waits for the slot) or it
-  takes nothing more until the model runs again;
-* the queue *holds* every request the prefetcher took until the model thread
-  starts it (``RequestQueue.start``); so a request in preparation or in the
-  slot can still be cancelled, expire, or be drained (and answered) by
-  ``stop(cancel_pending=True)`` or a broken host. The prefetcher itself never
-  answers a request.
+Invariants (``_cv`` guards the fields below; its lock is taken before the
+queue's, never after):
+
+* at most one prepared batch waits in the slot;
+* ``_running`` is true exactly while the model thread runs a batch; the
+  prefetcher takes only while it is true, under ``_cv``, so after the model
+  thread turns it false (:meth:`Prefetcher.ran`), either the prefetcher
+  already holds a batch (``_holding``: the model thread waits for the slot)
+  or it takes nothing more until the model runs again;
+* a request is in ``_held`` from its take until the model thread starts it
+  (:meth:`Prefetcher.start`), it is discarded, or it is drained; the queue
+  counts it as waiting for that long. The prefetcher never answers a request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._queue import Expire, RequestQueue
-from ._request import Request
+from ._request import Request, start_requests
 from ._staging import NO_WAIT, Ready
 from .batcher.base import Batcher, BatchLimits
 
@@ -76,6 +83,8 @@ class Prefetcher:
         self._slot: Prepared | None = None
         self._running = False
         self._holding = False  # took a batch ahead that is not in the slot yet
+        self._held: dict[Request, None] = {}  # taken ahead, not started
+        self._ahead_at = 1  # queue length at which a full batch is worth looking for
         self._stopped = False
         self._model_died: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -84,9 +93,9 @@ class Prefetcher:
     def next(self) -> Prepared | list[Request] | None:
         """The next batch; the model is busy from now on. ``None`` when no more will come.
 
-        A :class:`Prepared` batch the prefetcher holds (start it with
-        ``RequestQueue.start``), or else a list of requests this thread took
-        from the queue itself, already started, to prepare.
+        A :class:`Prepared` batch taken ahead (start it with :meth:`start`),
+        or else a list of requests this thread took from the queue itself,
+        already started, to prepare.
         """
         with self._cv:
             while self._slot is None and self._holding and self._model_died is None:
@@ -104,6 +113,24 @@ class Prefetcher:
             self._cv.notify_all()  # the prefetcher may look ahead now
         return batch
 
+    def start(self, requests: list[Request]) -> list[Request]:
+        """Start held requests (the model runs them now); return those still to run.
+
+        Cancelled ones are dropped; ones drained meanwhile (by stop or a broken
+        host) are answered by whoever drained them; ones whose deadline passed
+        go to ``expire``.
+        """
+        with self._cv:
+            held = self._held
+            # A request no longer held was discarded or drained (and answered) meanwhile.
+            still_held = [r for r in requests if held.pop(r, False) is None]
+        self._queue.release(len(still_held))
+        expired: list[Request] = []
+        batch = start_requests(still_held, time.monotonic(), expired)
+        for request in expired:
+            self._expire(request)
+        return batch
+
     def ran(self) -> None:
         """The model finished its batch: the prefetcher stops taking ahead.
 
@@ -112,10 +139,8 @@ class Prefetcher:
         ``Worker._run`` early when it scatters inline) takes no lock.
         """
         if self._running:
-            self._queue.locked(self._idle)
-
-    def _idle(self) -> None:  # under the queue's lock
-        self._running = False
+            with self._cv:
+                self._running = False
 
     def has_next(self) -> bool:
         """Whether a prepared batch waits in the slot."""
@@ -134,39 +159,78 @@ class Prefetcher:
             self._stopped = True
             self._cv.notify_all()
 
+    # ------------------------------------------------------------------ the scheduler's side
+    def discard(self, request: Request) -> bool:
+        """Drop a held request whose caller gave up; whether it was held."""
+        with self._cv:
+            if self._held.pop(request, False) is not None:
+                return False
+        self._queue.release(1)
+        return True
+
+    def drain(self) -> list[Request]:
+        """Remove and return every held request."""
+        with self._cv:
+            held = list(self._held)
+            self._held.clear()
+        self._queue.release(len(held))
+        return held
+
     # ------------------------------------------------------------------ prefetcher thread
-    def _busy(self) -> bool:
-        return self._running
-
-    def _hold(self) -> None:  # under the queue's lock, as it takes
-        self._holding = True
-
     def _loop(self) -> None:
         try:
-            while True:
-                with self._cv:
-                    while not (self._running and self._slot is None) and not self._done():
-                        self._cv.wait()
-                    if self._done():
-                        return
-                batch = self._queue.take_ahead(self._batcher, self._limits, self._busy, self._hold)
-                if batch is None:
-                    return  # closed: the model thread drains what is left
-                if not batch:
-                    continue  # the model is idle: its thread takes for itself
+            while (batch := self._take_ahead()) is not None:
                 prepared = self._prepare(batch)
                 with self._cv:
                     if self._model_died is not None:
-                        return  # the host is broken; it drains what the queue holds
+                        return  # the host is broken; it drains what is held
                     self._slot = prepared
                     self._holding = False
                     self._cv.notify_all()
         except BaseException as error:  # noqa: BLE001 - a dying prefetcher must fail every caller
-            self._on_fatal(error, [])  # breaks the host, which drains what the queue holds
+            self._on_fatal(error, [])  # breaks the host, which drains what is held
         finally:
             with self._cv:
                 self._holding = False  # nothing more comes: a waiting model thread takes itself
                 self._cv.notify_all()
+
+    def _take_ahead(self) -> list[Request] | None:
+        """Wait until the model runs and a full batch waits; hold it. ``None``: the end."""
+        queue = self._queue
+        while True:
+            with self._cv:
+                while not (self._running and self._slot is None) and not self._done():
+                    self._cv.wait()
+                if self._done():
+                    return None
+            if not queue.wait_for(self._ahead_at):
+                return None  # closed: the model thread drains what is left
+            with self._cv:  # so the model cannot turn idle while this takes
+                if not self._running or self._slot is not None or self._done():
+                    continue  # the model is idle: its thread takes for itself
+                batch = queue.take_now(self._choose)
+                if batch is None:
+                    return None
+                if batch:
+                    self._held.update(dict.fromkeys(batch))
+                    self._holding = True
+                    return batch
+
+    def _choose(self, waiting: list[Request], now_s: float) -> tuple[int, ...]:
+        """Under the queue's lock: a full batch that serves the oldest request, or nothing."""
+        current = self._limits()
+        if current.max_batch_tokens is None and len(waiting) < current.full_size:
+            selection = None  # too few requests for a full batch
+        else:
+            busy = dataclasses.replace(current, model_busy=True)
+            selection = self._batcher.select(waiting, busy, now_s)
+        if selection is not None and 0 in selection.indices:
+            return selection.indices
+        # Nothing full serves the oldest yet: look again once a few more came.
+        step = max(1, current.full_size // 4)
+        least = current.full_size if current.max_batch_tokens is None else 1
+        self._ahead_at = max(len(waiting) + step, least)
+        return ()
 
     def _done(self) -> bool:
         return self._stopped or self._model_died is not None

@@ -1,5 +1,12 @@
 """The scheduler: one per :meth:`ModelHost.start`, owning everything that start set running.
 
+It is the only door for requests: :meth:`ModelHost.predict`, ``submit`` and
+``predict_async`` hand it a checked :class:`~batch_inference._request.Request`
+and it queues it and waits for the outcome (:meth:`Scheduler.predict`,
+:meth:`Scheduler.submit`, :meth:`Scheduler.predict_async`); a caller that
+gives up has its request removed from this scheduler's queue (or its
+prefetcher's hold), never from a later start's.
+
 A :class:`Scheduler` owns its :class:`~batch_inference._queue.RequestQueue`,
 its :class:`~batch_inference._worker.Worker` s (each with its prefetcher),
 the :class:`~batch_inference._worker.Scatter` that answers callers, the
@@ -18,17 +25,26 @@ all of them within its timeout.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
-from ._checks import remaining, timeout_message
+from ._checks import FOREVER, loop_deadline, remaining, timeout_message
+from ._future import wait_async, wait_blocking
 from ._queue import RequestQueue
 from ._request import Request, settle
 from ._worker import Scatter, Worker
 from .batcher.base import Batcher, BatchLimits
-from .errors import HostBrokenError, HostStoppedError, RequestTimeoutError
+from .errors import (
+    HostBrokenError,
+    HostNotRunningError,
+    HostStoppedError,
+    QueueFullError,
+    RequestTimeoutError,
+)
 from .stats import StatsRecorder
 
 __all__ = ["Scheduler"]
@@ -63,6 +79,7 @@ class Scheduler:
     ) -> None:
         self.queue = RequestQueue(max_queue_size)
         self.broken: BaseException | None = None
+        self._stats = stats
         self._limits = limits
         self._limits_lock = threading.Lock()
         self._live_lock = threading.Lock()
@@ -93,7 +110,8 @@ class Scheduler:
         return self._limits
 
     def expire(self, request: Request) -> None:
-        self.scatter.fail([request], RequestTimeoutError(timeout_message(request)), "timed_out")
+        error = RequestTimeoutError(timeout_message(request.enqueued_s))
+        self.scatter.fail([request], error, "timed_out")
 
     def lower_limit(self, failed_size: int) -> None:
         """After an out-of-memory error on ``failed_size`` requests, halve the limit."""
@@ -124,7 +142,10 @@ class Scheduler:
     # ------------------------------------------------------------------ the host's side
     def fail_pending(self, error: BaseException) -> None:
         """Answer every request that has not started with ``error``."""
-        pending = [r for r in self.queue.drain() if r.future.set_running_or_notify_cancel()]
+        waiting = self.queue.drain()
+        for worker in self.workers:
+            waiting += worker.prefetcher.drain()
+        pending = [r for r in waiting if r.future.set_running_or_notify_cancel()]
         if pending:
             self.scatter.fail(pending, error, "cancelled")
 
@@ -147,3 +168,92 @@ class Scheduler:
         for thread in threads:
             thread.join(remaining(deadline_s))
         return not any(thread.is_alive() for thread in threads)
+
+    # ------------------------------------------------------------------ the door
+    def submit(self, request: Request, wait_for_queue: bool) -> Future[Any]:
+        """Queue ``request`` (its future a ``concurrent.futures.Future``) and return its future.
+
+        Cancelling the future before the batch starts removes the request.
+        """
+        self.put(request, wait_for_queue)
+        future = request.future
+        future.add_done_callback(lambda f: self._on_cancel(f, request))
+        return future
+
+    def predict(self, request: Request, wait_for_queue: bool) -> Any:
+        """Queue ``request`` (its future a blocking LightFuture) and block for its outcome."""
+        self.put(request, wait_for_queue)
+        return wait_blocking(request.future, request.deadline_s, self.abandon, request,
+                             request.enqueued_s)
+
+    async def predict_async(self, request: Request, wait_for_queue: bool) -> Any:
+        """Queue ``request`` (its future a LightFuture of the running loop) and await it."""
+        if wait_for_queue:
+            await self._put_async(request)
+        else:
+            self.put(request, False)
+        return await wait_async(request.future, request.deadline_s, self.abandon, request,
+                                request.enqueued_s)
+
+    def put(self, request: Request, wait_for_queue: bool) -> None:
+        """Queue ``request``; with ``wait_for_queue``, wait for room until its deadline."""
+        until_s = None
+        if wait_for_queue:
+            until_s = FOREVER if request.deadline_s is None else request.deadline_s
+        try:
+            self.queue.put(request, until_s)
+        except HostNotRunningError:
+            self._raise_if_broken()
+            raise
+
+    async def _put_async(self, request: Request) -> None:
+        """``put(request, wait_for_queue=True)`` for asyncio callers: waits without a thread."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                room = self.queue.put_or_wait(request, loop)
+            except HostNotRunningError:
+                self._raise_if_broken()
+                raise
+            if room is None:
+                return
+            try:
+                async with asyncio.timeout_at(loop_deadline(loop, request.deadline_s)):
+                    await room
+            except BaseException as error:
+                self.queue.forget_space_waiter(room)
+                if isinstance(error, TimeoutError):
+                    raise QueueFullError(
+                        f"the queue still held max_queue_size={self.queue.max_size} requests "
+                        "when this request's timeout ran out"
+                    ) from None
+                raise
+
+    def abandon(self, request: Request, reason: str) -> bool:
+        """Its caller gave up (``reason``: "timed_out" or "cancelled"): drop it if not started.
+
+        Returns ``True``: the caller stops waiting either way (a started request
+        runs on, and its outcome is dropped).
+        """
+        if request.future.cancel():
+            self.discard(request)
+            self._stats.count(reason)
+        elif reason == "timed_out":
+            self._stats.count(reason)
+        return True
+
+    def discard(self, request: Request) -> None:
+        """Remove a cancelled request from the queue, or from the prefetcher that holds it."""
+        if not self.queue.discard(request):
+            for worker in self.workers:
+                if worker.prefetcher.discard(request):
+                    return
+
+    def _on_cancel(self, future: Future[Any], request: Request) -> None:
+        if future.cancelled():
+            self.discard(request)
+            self._stats.count("cancelled")
+
+    def _raise_if_broken(self) -> None:
+        if self.broken is not None:
+            raise HostBrokenError("the host is broken: a worker died") from self.broken

@@ -141,7 +141,6 @@ class Worker:
         self._predict = predict_batch
         self._stager = make_stager(device)  # pinned staging on a CUDA device, .to() elsewhere
         self._output_device = output_device
-        self._queue = queue
         self._batcher = batcher
         self._scatter = scatter
         self._stats = stats
@@ -167,12 +166,11 @@ class Worker:
     def _loop(self) -> None:
         scheduler = self._scheduler
         prefetcher = self.prefetcher
-        queue = self._queue
         batch: list[Request] = []
         try:
             while (item := prefetcher.next()) is not None:
                 if isinstance(item, Prepared):  # taken ahead: start it now
-                    batch = queue.start(item.requests, scheduler.expire)
+                    batch = prefetcher.start(item.requests)
                     prepared = item
                     if batch and len(batch) < len(item.requests):  # some were cancelled
                         prepared = self._prepare(batch)

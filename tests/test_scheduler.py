@@ -201,7 +201,7 @@ def test_stop_from_inside_predict_batch_says_false_and_the_threads_end_by_themse
 
 # ----------------------------------------------------------------------------- parts alone
 def request(value: float, deadline_s: float | None = None) -> Request:
-    return Request((row(value),), RequestInfo(), time.monotonic(), deadline_s, "future")
+    return Request((row(value),), RequestInfo(), time.monotonic(), deadline_s)
 
 
 class FakePort:
@@ -231,28 +231,79 @@ class FakePort:
         self.finished.set()
 
 
-def test_the_queue_takes_ahead_only_while_busy_and_holds_what_it_took() -> None:
+def test_the_queue_takes_now_only_what_is_chosen_and_counts_it_until_released() -> None:
     queue = RequestQueue(None)
-    batcher = ConcatBatcher(tensor="pt")
-    limits = BatchLimits(2)
-    held = threading.Event()
-    busy = [False]
     items = [request(i) for i in range(3)]
     for item in items:
         queue.put(item)
-    assert queue.take_ahead(batcher, lambda: limits, lambda: busy[0], held.set) == []
-    busy[0] = True
-    chosen = queue.take_ahead(batcher, lambda: limits, lambda: busy[0], held.set)
-    assert chosen == items[:2] and held.is_set()
-    assert len(queue) == 3  # held requests still count as waiting
-    assert not items[0].future.running()  # held, not started
-    assert items[1].future.cancel()  # so it can still be cancelled
-    assert queue.start(chosen, lambda r: None) == [items[0]]
-    assert items[0].future.running()
+    assert queue.take_now(lambda waiting, now_s: ()) == []  # nothing chosen: nothing taken
+    chosen = queue.take_now(lambda waiting, now_s: (0, 1))
+    assert chosen == items[:2] and len(queue) == 3  # taken, not started: still waiting
+    assert not items[0].future.running()
+    queue.release(2)
+    assert len(queue) == 1
     queue.close()
-    assert queue.take(batcher, lambda: limits, lambda r: None) == [items[2]]
-    assert queue.take(batcher, lambda: limits, lambda r: None) is None
-    assert queue.take_ahead(batcher, lambda: limits, lambda: True, held.set) is None
+    assert queue.take_now(lambda waiting, now_s: (0,)) is None  # closed
+    assert not queue.wait_for(1)
+
+
+def test_the_queue_wakes_a_watcher_once_enough_requests_wait() -> None:
+    queue = RequestQueue(None)
+    woke = threading.Event()
+    watching = threading.Event()
+
+    def watch() -> None:
+        watching.set()
+        if queue.wait_for(3):
+            woke.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert watching.wait(WAIT_S)
+    queue.put(request(0))
+    queue.put(request(1))
+    assert not woke.is_set()  # two are not enough
+    queue.put(request(2))
+    assert woke.wait(WAIT_S)
+    watcher.join(WAIT_S)
+
+
+def test_the_prefetcher_takes_ahead_only_while_busy_and_holds_what_it_took() -> None:
+    queue = RequestQueue(None)
+    prepared: list[list[Request]] = []
+    ready = threading.Event()
+
+    def prepare(requests: list[Request]) -> Prepared:
+        prepared.append(requests)
+        ready.set()
+        return Prepared(requests)
+
+    prefetcher = Prefetcher(queue, ConcatBatcher(tensor="pt"), lambda: BatchLimits(2),
+                            lambda r: None, prepare, lambda error, batch: None,
+                            name="batch_inference-test-prefetch")
+    items = [request(i) for i in range(4)]
+    for item in items[:3]:
+        queue.put(item)
+    prefetcher.thread.start()
+    # The model is idle: its own thread takes (and starts) the batch, not the prefetcher.
+    assert prefetcher.next() == items[:2] and items[0].future.running()
+    queue.put(items[3])  # now busy, and two wait: a full batch is taken ahead
+    assert ready.wait(WAIT_S)
+    assert prepared == [items[2:]]
+    assert len(queue) == 2 and not items[2].future.running()  # held, not started
+    assert items[3].future.cancel() and prefetcher.discard(items[3])  # still cancellable
+    assert len(queue) == 1
+    prefetcher.ran()
+    taken_ahead = prefetcher.next()
+    assert isinstance(taken_ahead, Prepared)
+    assert prefetcher.start(taken_ahead.requests) == [items[2]] and items[2].future.running()
+    assert len(queue) == 0
+    queue.close()
+    prefetcher.ran()
+    assert prefetcher.next() is None
+    prefetcher.stop()
+    prefetcher.thread.join(WAIT_S)
+    assert not prefetcher.thread.is_alive()
 
 
 def test_a_worker_runs_batches_from_its_queue_without_a_host() -> None:

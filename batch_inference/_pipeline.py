@@ -45,7 +45,9 @@ from typing import Any
 from ._queue import Expire, RequestQueue
 from ._request import Request, start_requests
 from ._staging import NO_WAIT, Ready
-from .batcher.base import Batcher, BatchLimits
+from .batcher.base import Batcher, BatchLimits, Selection
+
+_NOTHING = Selection()
 
 
 @dataclass
@@ -105,7 +107,7 @@ class Prefetcher:
                 self._running = True
                 self._cv.notify_all()  # the slot is free
                 return prepared
-        batch = self._queue.take(self._batcher, self._limits, self._expire)
+        batch = self._queue.take(self._select, self._expire)
         if batch is None:
             return None
         with self._cv:
@@ -208,15 +210,19 @@ class Prefetcher:
             with self._cv:  # so the model cannot turn idle while this takes
                 if not self._running or self._slot is not None or self._done():
                     continue  # the model is idle: its thread takes for itself
-                batch = queue.take_now(self._choose)
+                batch = queue.take(self._choose, None, wait=False)
                 if batch is None:
-                    return None
+                    return None  # closed and empty
                 if batch:
                     self._held.update(dict.fromkeys(batch))
                     self._holding = True
                     return batch
 
-    def _choose(self, waiting: list[Request], now_s: float) -> tuple[int, ...]:
+    def _select(self, waiting: list[Request], now_s: float) -> Selection:
+        """Under the queue's lock: what the batcher selects for an idle model."""
+        return self._batcher.select(waiting, self._limits(), now_s)
+
+    def _choose(self, waiting: list[Request], now_s: float) -> Selection:
         """Under the queue's lock: a full batch that serves the oldest request, or nothing."""
         current = self._limits()
         if current.max_batch_tokens is None and len(waiting) < current.full_size:
@@ -225,12 +231,12 @@ class Prefetcher:
             busy = dataclasses.replace(current, model_busy=True)
             selection = self._batcher.select(waiting, busy, now_s)
         if selection is not None and 0 in selection.indices:
-            return selection.indices
+            return selection
         # Nothing full serves the oldest yet: look again once a few more came.
         step = max(1, current.full_size // 4)
         least = current.full_size if current.max_batch_tokens is None else 1
         self._ahead_at = max(len(waiting) + step, least)
-        return ()
+        return _NOTHING
 
     def _done(self) -> bool:
         return self._stopped or self._model_died is not None

@@ -10,13 +10,18 @@ from collections.abc import Callable, Sequence
 
 from ._checks import FOREVER
 from ._request import Request, start_requests
-from .batcher.base import Batcher, BatchLimits
+from .batcher.base import Selection
 from .errors import HostNotRunningError, QueueFullError
 
 #: Called with requests the queue refuses to run (deadline passed before start).
 Expire = Callable[[Request], None]
-#: ``choose(waiting, now_s)``: the indices of the waiting requests to take now, if any.
-Choose = Callable[[list[Request], float], Sequence[int]]
+#: ``choose(waiting, now_s)``: which of the waiting requests to take (``batcher.select``'s way).
+Choose = Callable[[list[Request], float], Selection]
+
+
+def oldest(count: int) -> Choose:
+    """A :data:`Choose` of the ``count`` oldest requests (or all, if fewer wait)."""
+    return lambda waiting, now_s: Selection(tuple(range(min(count, len(waiting)))))
 
 
 class RequestQueue:
@@ -24,7 +29,8 @@ class RequestQueue:
 
     Invariants: ``_items`` is only read or changed under ``_lock``; every wait
     is a predicate loop on a condition of that lock, so a notification sent
-    before a thread waits is never lost.
+    before a thread waits is never lost. Takers pass their policy in
+    (``choose``); the queue calls nothing else of theirs under its lock.
     """
 
     def __init__(self, max_size: int | None) -> None:
@@ -36,7 +42,7 @@ class RequestQueue:
         self._watchers = 0  # waiting on _grown, for at least _watch_at requests
         self._watch_at = FOREVER
         self._items: list[Request] = []
-        self._taken = 0  # taken by take_now, not released yet
+        self._taken = 0  # taken unstarted (expire=None), not released yet
         self._closed = False
         self.max_size = max_size
         self.accepted = 0
@@ -44,7 +50,7 @@ class RequestQueue:
         self._space_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
 
     def __len__(self) -> int:
-        """Requests waiting to start (taken by :meth:`take_now` and not released included)."""
+        """Requests waiting to start (taken unstarted, not released yet, included)."""
         return len(self._items) + self._taken
 
     # ------------------------------------------------------------------ put
@@ -90,7 +96,7 @@ class RequestQueue:
                 if entry[1] is room:
                     return self._space_waiters.remove(entry)
             if self.max_size is None or len(self._items) < self.max_size:
-                self._wake_space_waiters(1)  # it was woken: hand that room to the next one
+                self._freed(1)  # it was woken: hand that room to the next one
 
     def _refuse_if_closed(self) -> None:
         if self._closed:
@@ -107,77 +113,46 @@ class RequestQueue:
             self._grown.notify_all()
 
     # ------------------------------------------------------------------ take
-    def take(
-        self, batcher: Batcher, limits: Callable[[], BatchLimits], expire: Expire
-    ) -> list[Request] | None:
-        """Block until the batcher selects a batch, and start it; ``None`` once closed and empty.
+    def take(self, choose: Choose, expire: Expire | None, wait: bool = True
+             ) -> list[Request] | None:
+        """Take the requests ``choose(waiting, now_s)`` selects, oldest first.
 
-        Chosen requests are marked running: cancelled ones are dropped, and
-        ones whose deadline passed go to ``expire``, which is called without
-        the lock (settling a future runs callbacks that may call the host).
+        With ``expire``, they are marked running: cancelled ones are dropped,
+        and ones whose deadline passed go to ``expire``, called without the
+        lock (settling a future runs callbacks that may call the host). With
+        ``expire=None`` they are only taken, not started, and still count in
+        ``len()`` until :meth:`release`. With ``wait``, block until something
+        is selected (re-asking by the selection's ``wake_at_s``); without,
+        return ``[]`` at once. ``None``: the queue is closed and empty.
         """
         while True:
             expired: list[Request] = []
             with self._lock:
-                batch = self._select(batcher, limits, expired)
+                while True:
+                    if not self._items:
+                        if self._closed or not wait:
+                            return None if self._closed else []
+                        self._wait_idle(None)
+                        continue
+                    now_s = time.monotonic()
+                    selection = choose(self._items, now_s)
+                    if selection.indices or not wait:
+                        break
+                    wake_s = selection.wake_at_s
+                    if wake_s is None or wake_s > now_s:
+                        self._wait_idle(None if wake_s is None else wake_s - now_s)
+                chosen = self._remove(selection.indices)
+                if expire is None:
+                    self._taken += len(chosen)
+                    return chosen
+                batch = start_requests(chosen, now_s, expired)
             for request in expired:
                 expire(request)
-            if batch is None or batch:
+            if batch or not wait:
                 return batch
-
-    def _select(self, batcher: Batcher, limits: Callable[[], BatchLimits],
-                expired: list[Request]) -> list[Request] | None:  # locked
-        while True:
-            if not self._items:
-                if self._closed:
-                    return None
-                self._wait_idle(None)
-                continue
-            now_s = time.monotonic()
-            selection = batcher.select(self._items, limits(), now_s)
-            if not selection.indices:
-                wait_s = None if selection.wake_at_s is None else selection.wake_at_s - now_s
-                if wait_s is None or wait_s > 0:
-                    self._wait_idle(wait_s)
-                continue
-            batch = start_requests(self._remove(selection.indices), now_s, expired)
-            if batch or expired:
-                return batch
-
-    def take_oldest(self, count: int, expire: Expire, wait: bool) -> list[Request] | None:
-        """Start and return up to ``count`` of the oldest requests (as :meth:`take` does).
-
-        With ``wait``, block until one waits; ``None`` once closed and empty.
-        """
-        expired: list[Request] = []
-        with self._lock:
-            while wait and not self._items and not self._closed:
-                self._wait_idle(None)
-            if not self._items:
-                return None if self._closed else []
-            batch = start_requests(self._remove(range(min(count, len(self._items)))),
-                                   time.monotonic(), expired)
-        for request in expired:
-            expire(request)
-        return batch
-
-    def take_now(self, choose: Choose) -> list[Request] | None:
-        """Take what ``choose`` picks now, without starting it; ``None`` once closed.
-
-        The taken requests still count as waiting until :meth:`release`.
-        """
-        with self._lock:
-            if self._closed:
-                return None
-            indices = choose(self._items, time.monotonic()) if self._items else ()
-            if not indices:
-                return []
-            chosen = self._remove(indices)
-            self._taken += len(chosen)
-            return chosen
 
     def release(self, count: int) -> None:
-        """``count`` requests taken by :meth:`take_now` started or left."""
+        """``count`` requests taken unstarted (``expire=None``) started or left."""
         with self._lock:
             self._taken -= count
 
@@ -199,16 +174,14 @@ class RequestQueue:
     def _remove(self, indices: Sequence[int]) -> list[Request]:  # locked; frees room
         items = self._items
         count = len(indices)
-        if isinstance(indices, range) or indices == tuple(range(count)):  # the oldest ones
+        if indices == tuple(range(count)):  # the oldest ones
             chosen = items[:count]
             del items[:count]
         else:
             picked = set(indices)
             chosen = [items[i] for i in indices]
             self._items = [r for i, r in enumerate(items) if i not in picked]
-        self._not_full.notify(count)
-        if self._space_waiters:
-            self._wake_space_waiters(count)
+        self._freed(count)
         return chosen
 
     # ------------------------------------------------------------------ remove, end
@@ -219,29 +192,30 @@ class RequestQueue:
                 self._items.remove(request)
             except ValueError:
                 return False
-            self._not_full.notify()
-            if self._space_waiters:
-                self._wake_space_waiters(1)
+            self._freed(1)
             return True
 
     def close(self) -> None:
         """Refuse new requests and wake every waiter; queued requests stay."""
         with self._lock:
             self._closed = True
-            for condition in (self._not_empty, self._grown, self._not_full):
-                condition.notify_all()
-            self._wake_space_waiters(None)
+            self._not_empty.notify_all()
+            self._grown.notify_all()
+            self._freed(None)
 
     def drain(self) -> list[Request]:
         """Remove and return every queued request."""
         with self._lock:
             items, self._items = self._items, []
-            self._not_full.notify_all()
-            self._wake_space_waiters(None)
+            self._freed(None)
             return items
 
-    def _wake_space_waiters(self, count: int | None) -> None:  # locked
-        """Wake up to ``count`` asyncio callers waiting for room (all for ``None``)."""
+    def _freed(self, count: int | None) -> None:  # locked
+        """Room for ``count`` more (``None``: for all): wake callers waiting for it."""
+        if count is None:
+            self._not_full.notify_all()
+        else:
+            self._not_full.notify(count)
         waiters = self._space_waiters
         while waiters and (count is None or count > 0):
             loop, room = waiters.popleft()

@@ -17,10 +17,11 @@ import torch
 
 from batch_inference import HostBrokenError, ModelHost
 from batch_inference._pipeline import Prefetcher, Prepared
-from batch_inference._queue import RequestQueue
+from batch_inference._queue import RequestQueue, oldest
 from batch_inference._request import Request
 from batch_inference._worker import Scatter, Worker
 from batch_inference.batcher import BatchLimits, ConcatBatcher, RequestInfo
+from batch_inference.batcher.base import Selection
 from batch_inference.stats import StatsRecorder
 
 WAIT_S = 30.0
@@ -231,19 +232,22 @@ class FakePort:
         self.finished.set()
 
 
-def test_the_queue_takes_now_only_what_is_chosen_and_counts_it_until_released() -> None:
+def test_the_queue_takes_what_is_chosen_and_counts_what_it_did_not_start() -> None:
     queue = RequestQueue(None)
-    items = [request(i) for i in range(3)]
+    items = [request(i) for i in range(4)]
     for item in items:
         queue.put(item)
-    assert queue.take_now(lambda waiting, now_s: ()) == []  # nothing chosen: nothing taken
-    chosen = queue.take_now(lambda waiting, now_s: (0, 1))
-    assert chosen == items[:2] and len(queue) == 3  # taken, not started: still waiting
+    nothing = lambda waiting, now_s: Selection()  # noqa: E731
+    assert queue.take(nothing, None, wait=False) == []  # nothing chosen: nothing taken
+    chosen = queue.take(lambda waiting, now_s: Selection((0, 2)), None, wait=False)
+    assert chosen == [items[0], items[2]] and len(queue) == 4  # taken, not started: waiting
     assert not items[0].future.running()
     queue.release(2)
-    assert len(queue) == 1
+    assert len(queue) == 2
+    assert queue.take(oldest(5), lambda r: None) == [items[1], items[3]]  # started
+    assert items[1].future.running() and len(queue) == 0
     queue.close()
-    assert queue.take_now(lambda waiting, now_s: (0,)) is None  # closed
+    assert queue.take(nothing, None, wait=False) is None  # closed and empty
     assert not queue.wait_for(1)
 
 

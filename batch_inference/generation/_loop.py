@@ -20,7 +20,7 @@ from concurrent.futures import CancelledError
 from typing import Literal
 
 from .._checks import timeout_message
-from .._queue import RequestQueue
+from .._queue import RequestQueue, oldest
 from .._request import Request, settle
 from ..errors import HostStoppedError, RequestTimeoutError
 from .protocol import RunningBatch, StepModel, greedy_tokens
@@ -102,12 +102,12 @@ class DecodeLoop:
         """One step boundary and one step; ``False`` once there is nothing left to do."""
         self._sweep()
         if not self._rows:  # nothing to decode: wait for the oldest requests
-            joining = self.queue.take_oldest(self.max_batch_size, self.expire, wait=True)
+            joining = self.queue.take(oldest(self.max_batch_size), self.expire)
             if joining is None:
                 return False
         elif self._may_join():
             free = self.max_batch_size - len(self._rows)
-            joining = self.queue.take_oldest(free, self.expire, wait=False)
+            joining = self.queue.take(oldest(free), self.expire, wait=False)
         else:
             joining = []
         if joining:

@@ -10,7 +10,10 @@ the worker's device) and hands it over through a one-batch slot.
 When the model finishes and nothing is prepared, the *model thread* takes the
 next batch itself (whatever the batcher selects, at once) and prepares it:
 an idle model then costs no hand-off between threads, which is most of what
-a small batch costs.
+a small batch costs. When a prepared batch does wait, the model thread hands
+the batch it finished back to the prefetch thread (:meth:`Prefetcher.answer_later`)
+and runs the next one at once; the prefetch thread answers those callers,
+then looks ahead again: one thread, woken once per batch, for both.
 
 The prefetch policy is this module's: the prefetcher waits until enough
 requests queue for a full batch (``_ahead_at``; it asks the queue only to
@@ -72,6 +75,7 @@ class Prefetcher:
         limits: Callable[[], BatchLimits],
         expire: Expire,
         prepare: Callable[[list[Request]], Prepared],
+        answer: Callable[[list[Request], Any, Any], None],
         on_fatal: Callable[[BaseException, list[Request]], None],
         name: str,
     ) -> None:
@@ -80,12 +84,14 @@ class Prefetcher:
         self._limits = limits
         self._expire = expire
         self._prepare = prepare
+        self._answer = answer
         self._on_fatal = on_fatal
         self._cv = threading.Condition()
         self._slot: Prepared | None = None
         self._running = False
         self._holding = False  # took a batch ahead that is not in the slot yet
         self._held: dict[Request, None] = {}  # taken ahead, not started
+        self._outbox: list[tuple[list[Request], Any, Any]] = []  # batches run, to answer
         self._ahead_at = 1  # queue length at which a full batch is worth looking for
         self._stopped = False
         self._model_died: BaseException | None = None
@@ -144,9 +150,19 @@ class Prefetcher:
             with self._cv:
                 self._running = False
 
-    def has_next(self) -> bool:
-        """Whether a prepared batch waits in the slot."""
-        return self._slot is not None
+    def answer_later(self, requests: list[Request], outputs: Any, context: Any) -> bool:
+        """Hand a finished batch over to be answered on this thread, if a prepared batch
+        waits (the model runs it meanwhile); ``False``: answer it yourself.
+
+        This thread then waits on ``_cv`` (the slot is full), and :meth:`next`,
+        which the model thread calls next, wakes it: one wake-up per batch
+        answers this batch and starts looking ahead for the one after.
+        """
+        with self._cv:
+            if self._slot is None:
+                return False
+            self._outbox.append((requests, outputs, context))
+            return True
 
     def model_died(self, error: BaseException) -> None:
         """The model thread is dying: stop (the host drains the held requests)."""
@@ -195,6 +211,19 @@ class Prefetcher:
             with self._cv:
                 self._holding = False  # nothing more comes: a waiting model thread takes itself
                 self._cv.notify_all()
+            self._answer_handed()  # whatever else happened, batches that ran are answered
+
+    def _answer_handed(self) -> None:
+        """Answer the batches the model thread handed over (see :meth:`answer_later`)."""
+        while True:
+            with self._cv:
+                if not self._outbox:
+                    return
+                requests, outputs, context = self._outbox.pop(0)
+            try:
+                self._answer(requests, outputs, context)
+            except BaseException as error:  # noqa: BLE001 - e.g. SystemExit from unbatch
+                self._on_fatal(error, requests)  # the host is broken; answer the rest anyway
 
     def _take_ahead(self) -> list[Request] | None:
         """Wait until the model runs and a full batch waits; hold it. ``None``: the end."""
@@ -202,9 +231,15 @@ class Prefetcher:
         while True:
             with self._cv:
                 while not (self._running and self._slot is None) and not self._done():
+                    if self._outbox:
+                        break
                     self._cv.wait()
+            self._answer_handed()
+            with self._cv:
                 if self._done():
                     return None
+                if not (self._running and self._slot is None):
+                    continue
             if not queue.wait_for(self._ahead_at):
                 return None  # closed: the model thread drains what is left
             with self._cv:  # so the model cannot turn idle while this takes

@@ -17,10 +17,16 @@ still running after a ``stop()`` that timed out, a worker that dies late)
 only ever touches its own queue and its own callers, never those of a later
 start.
 
-Thread ends: a worker's thread ends once its queue is closed and drained (or
-it died); its prefetcher ends with it; the last worker to end closes the
-scatter, which ends once it has answered what it holds. :meth:`stop` joins
-all of them within its timeout.
+Thread ends: a worker's model thread ends once its queue is closed and
+drained (or it died); its prefetch thread ends with it, once it has answered
+the batches handed to it. :meth:`stop` joins all of them within its timeout.
+
+The path of one request: the caller's thread checks it and puts it on the
+queue; the model thread takes it (idle model), or the prefetch thread takes
+it ahead with a full batch and prepares it (busy model); the model thread
+runs it; the model thread answers it (nothing prepared to run next), or hands
+it to the prefetch thread, which answers it while the next batch runs; the
+caller wakes.
 """
 
 from __future__ import annotations
@@ -82,9 +88,7 @@ class Scheduler:
         self._stats = stats
         self._limits = limits
         self._limits_lock = threading.Lock()
-        self._live_lock = threading.Lock()
-        self._live_workers = len(replicas)
-        self.scatter = Scatter(batcher, stats, self.fail)
+        self.scatter = Scatter(batcher, stats)
         self.workers = [
             Worker(
                 index, predict_batch, device,
@@ -96,11 +100,10 @@ class Scheduler:
 
     @property
     def threads(self) -> list[threading.Thread]:
-        """Every thread this scheduler starts: model and prefetch threads, then the scatter."""
-        return [t for worker in self.workers for t in worker.threads] + [self.scatter.thread]
+        """Every thread this scheduler starts: each worker's model and prefetch threads."""
+        return [t for worker in self.workers for t in worker.threads]
 
     def start(self) -> None:
-        self.scatter.thread.start()
         for worker in self.workers:
             worker.start()
 
@@ -131,13 +134,6 @@ class Scheduler:
         self.queue.close()
         settle([(r, error, True) for r in batch])
         self.fail_pending(error)
-
-    def worker_finished(self) -> None:
-        with self._live_lock:
-            self._live_workers -= 1
-            last = self._live_workers == 0
-        if last:  # no worker can hand the scatter another batch
-            self.scatter.close()
 
     # ------------------------------------------------------------------ the host's side
     def fail_pending(self, error: BaseException) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -182,12 +182,20 @@ class Scheduler:
         return wait_blocking(request.future, request.deadline_s, self.abandon, request,
                              request.enqueued_s)
 
-    async def predict_async(self, request: Request, wait_for_queue: bool) -> Any:
-        """Queue ``request`` (its future a LightFuture of the running loop) and await it."""
+    def predict_async(self, request: Request, wait_for_queue: bool) -> Awaitable[Any]:
+        """Queue ``request`` (its future a LightFuture of the running loop); await the result.
+
+        Without ``wait_for_queue`` the request is queued (or refused) at once
+        and the wait is returned as it is: one coroutine less per call.
+        """
         if wait_for_queue:
-            await self._put_async(request)
-        else:
-            self.put(request, False)
+            return self._put_async_and_wait(request)
+        self.put(request, False)
+        return wait_async(request.future, request.deadline_s, self.abandon, request,
+                          request.enqueued_s)
+
+    async def _put_async_and_wait(self, request: Request) -> Any:
+        await self._put_async(request)
         return await wait_async(request.future, request.deadline_s, self.abandon, request,
                                 request.enqueued_s)
 

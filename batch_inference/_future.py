@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from ._checks import loop_deadline, remaining, timeout_message
 from .errors import RequestTimeoutError
 
-__all__ = ["LightFuture", "settle", "wait_async", "wait_blocking"]
+__all__ = ["LightFuture", "settle", "timed_out", "wait_async", "wait_blocking"]
 
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
 #: Guards the state changes of every LightFuture (each a few bytecodes long).
@@ -178,7 +178,7 @@ def _copy_to_loop(futures: list[LightFuture]) -> None:
 
 
 def timed_out(since_s: float) -> RequestTimeoutError:
-    """The error a caller gets when its deadline passes first."""
+    """The error of a request whose deadline passed (it waited since ``since_s``)."""
     return RequestTimeoutError(timeout_message(since_s))
 
 

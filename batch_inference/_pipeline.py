@@ -92,7 +92,7 @@ class Prefetcher:
         self._holding = False  # took a batch ahead that is not in the slot yet
         self._held: dict[Request, None] = {}  # taken ahead, not started
         self._outbox: list[tuple[list[Request], Any, Any]] = []  # batches run, to answer
-        self._ahead_at = 1  # queue length at which a full batch is worth looking for
+        self._ahead_at = 0  # queue length at which a full batch is worth looking for (0: least)
         self._stopped = False
         self._model_died: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -226,25 +226,32 @@ class Prefetcher:
                 self._on_fatal(error, requests)  # the host is broken; answer the rest anyway
 
     def _take_ahead(self) -> list[Request] | None:
-        """Wait until the model runs and a full batch waits; hold it. ``None``: the end."""
+        """Wait until a full batch waits and the model runs; hold it. ``None``: the end.
+
+        It waits on the queue (for a full batch's worth) while nothing else can
+        happen, and on ``_cv`` only while the slot is full (the model thread
+        may hand a batch over) or while enough wait for an idle model (whose
+        own thread takes them): a lone caller's request wakes nothing here.
+        """
         queue = self._queue
         while True:
-            with self._cv:
-                while not (self._running and self._slot is None) and not self._done():
-                    if self._outbox:
-                        break
-                    self._cv.wait()
             self._answer_handed()
             with self._cv:
+                while self._slot is not None and not self._done() and not self._outbox:
+                    self._cv.wait()  # next() takes the slot (and wakes this thread)
                 if self._done():
                     return None
-                if not (self._running and self._slot is None):
+                if self._outbox:
                     continue
-            if not queue.wait_for(self._ahead_at):
+            if not queue.wait_for(self._ahead_at or self._least()):
                 return None  # closed: the model thread drains what is left
-            with self._cv:  # so the model cannot turn idle while this takes
-                if not self._running or self._slot is not None or self._done():
-                    continue  # the model is idle: its thread takes for itself
+            with self._cv:  # and the model cannot turn idle while this takes
+                while not self._running and not self._done() and not self._outbox:
+                    self._cv.wait()  # the model is idle: its thread takes what waits
+                if self._done():
+                    return None
+                if self._outbox:
+                    continue
                 batch = queue.take(self._choose, None, wait=False)
                 if batch is None:
                     return None  # closed and empty
@@ -268,10 +275,14 @@ class Prefetcher:
         if selection is not None and 0 in selection.indices:
             return selection
         # Nothing full serves the oldest yet: look again once a few more came.
-        step = max(1, current.full_size // 4)
-        least = current.full_size if current.max_batch_tokens is None else 1
-        self._ahead_at = max(len(waiting) + step, least)
+        self._ahead_at = max(len(waiting) + max(1, current.full_size // 4), self._least())
         return _NOTHING
+
+    def _least(self) -> int:
+        """The fewest waiting requests that can make a full batch (a lone caller's request
+        wakes nobody here: it is the model thread's)."""
+        current = self._limits()
+        return current.full_size if current.max_batch_tokens is None else 1
 
     def _done(self) -> bool:
         return self._stopped or self._model_died is not None

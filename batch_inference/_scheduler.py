@@ -38,8 +38,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ._checks import FOREVER, loop_deadline, remaining, timeout_message
-from ._future import wait_async, wait_blocking
+from ._checks import FOREVER, loop_deadline, remaining
+from ._future import timed_out, wait_async, wait_blocking
 from ._queue import RequestQueue
 from ._request import Request, settle
 from ._worker import Scatter, Worker
@@ -49,7 +49,6 @@ from .errors import (
     HostNotRunningError,
     HostStoppedError,
     QueueFullError,
-    RequestTimeoutError,
 )
 from .stats import StatsRecorder
 
@@ -113,8 +112,7 @@ class Scheduler:
         return self._limits
 
     def expire(self, request: Request) -> None:
-        error = RequestTimeoutError(timeout_message(request.enqueued_s))
-        self.scatter.fail([request], error, "timed_out")
+        self.scatter.fail([request], timed_out(request.enqueued_s), "timed_out")
 
     def lower_limit(self, failed_size: int) -> None:
         """After an out-of-memory error on ``failed_size`` requests, halve the limit."""

@@ -7,9 +7,10 @@ import inspect
 import time
 from typing import Any
 
-from ._queue import _FOREVER
-from ._request import Request
 from .errors import ConfigurationError, InvalidRequestError
+
+#: A deadline or a wait without end (``timeout=math.inf``, ``put(..., until_s=FOREVER)``).
+FOREVER = float("inf")
 
 
 def positional_range(method: Any, bound: bool) -> tuple[int, float]:
@@ -34,7 +35,7 @@ def checked_timeout(timeout: Any) -> float | None:
     """A valid ``timeout`` as a float (``None`` for infinity); refuses anything else."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise InvalidRequestError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    return None if timeout == _FOREVER else float(timeout)
+    return None if timeout == FOREVER else float(timeout)
 
 
 def remaining(deadline_s: float | None) -> float | None:
@@ -46,8 +47,9 @@ def loop_deadline(loop: asyncio.AbstractEventLoop, deadline_s: float | None) -> 
     return None if deadline_s is None else loop.time() + (deadline_s - time.monotonic())
 
 
-def timeout_message(request: Request) -> str:
-    waited = time.monotonic() - request.enqueued_s
+def timeout_message(since_s: float) -> str:
+    """What a request that waited since ``since_s`` (monotonic) and timed out is told."""
+    waited = time.monotonic() - since_s
     return f"no result within the deadline (waited {waited:.3f} s)"
 
 

@@ -10,35 +10,47 @@ the worker's device) and hands it over through a one-batch slot.
 When the model finishes and nothing is prepared, the *model thread* takes the
 next batch itself (whatever the batcher selects, at once) and prepares it:
 an idle model then costs no hand-off between threads, which is most of what
-a small batch costs.
+a small batch costs. When a prepared batch does wait, the model thread hands
+the batch it finished back to the prefetch thread (:meth:`Prefetcher.answer_later`)
+and runs the next one at once; the prefetch thread answers those callers,
+then looks ahead again: one thread, woken once per batch, for both.
 
-Invariants:
+The prefetch policy is this module's: the prefetcher waits until enough
+requests queue for a full batch (``_ahead_at``; it asks the queue only to
+wake it at that length), and takes with ``model_busy=True`` only a batch
+that holds the oldest request. What it took and has not started is *held*
+here (``_held``), so that a held request can still be cancelled, expire, or
+be drained (and answered) by ``stop(cancel_pending=True)`` or a broken host.
 
-* at most one prepared batch waits in the slot (under ``_cv``);
-* ``_running`` is true exactly while the model thread runs a batch; it turns
-  false under the queue's lock, and the prefetcher takes only while it is
-  true (the queue reads it under that lock), so after the model thread turns
-  it false, either the prefetcher already holds a batch (``_holding``, also
-  set under the queue's lock; the model thread waits for the slot) or it
-  takes nothing more until the model runs again;
-* the queue *holds* every request the prefetcher took until the model thread
-  starts it (``RequestQueue.start``); so a request in preparation or in the
-  slot can still be cancelled, expire, or be drained (and answered) by
-  ``stop(cancel_pending=True)`` or a broken host. The prefetcher itself never
-  answers a request.
+Invariants (``_cv`` guards the fields below; its lock is taken before the
+queue's, never after):
+
+* at most one prepared batch waits in the slot;
+* ``_running`` is true exactly while the model thread runs a batch; the
+  prefetcher takes only while it is true, under ``_cv``, so after the model
+  thread turns it false (:meth:`Prefetcher.ran`), either the prefetcher
+  already holds a batch (``_holding``: the model thread waits for the slot)
+  or it takes nothing more until the model runs again;
+* a request is in ``_held`` from its take until the model thread starts it
+  (:meth:`Prefetcher.start`), it is discarded, or it is drained; the queue
+  counts it as waiting for that long. The prefetcher never answers a request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._queue import Expire, RequestQueue
-from ._request import Request
+from ._request import Request, start_requests
 from ._staging import NO_WAIT, Ready
-from .batcher.base import Batcher, BatchLimits
+from .batcher.base import Batcher, BatchLimits, Selection
+
+_NOTHING = Selection()
 
 
 @dataclass
@@ -63,6 +75,7 @@ class Prefetcher:
         limits: Callable[[], BatchLimits],
         expire: Expire,
         prepare: Callable[[list[Request]], Prepared],
+        answer: Callable[[list[Request], Any, Any], None],
         on_fatal: Callable[[BaseException, list[Request]], None],
         name: str,
     ) -> None:
@@ -71,11 +84,15 @@ class Prefetcher:
         self._limits = limits
         self._expire = expire
         self._prepare = prepare
+        self._answer = answer
         self._on_fatal = on_fatal
         self._cv = threading.Condition()
         self._slot: Prepared | None = None
         self._running = False
         self._holding = False  # took a batch ahead that is not in the slot yet
+        self._held: dict[Request, None] = {}  # taken ahead, not started
+        self._outbox: list[tuple[list[Request], Any, Any]] = []  # batches run, to answer
+        self._ahead_at = 0  # queue length at which a full batch is worth looking for (0: least)
         self._stopped = False
         self._model_died: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -84,9 +101,9 @@ class Prefetcher:
     def next(self) -> Prepared | list[Request] | None:
         """The next batch; the model is busy from now on. ``None`` when no more will come.
 
-        A :class:`Prepared` batch the prefetcher holds (start it with
-        ``RequestQueue.start``), or else a list of requests this thread took
-        from the queue itself, already started, to prepare.
+        A :class:`Prepared` batch taken ahead (start it with :meth:`start`),
+        or else a list of requests this thread took from the queue itself,
+        already started, to prepare.
         """
         with self._cv:
             while self._slot is None and self._holding and self._model_died is None:
@@ -96,12 +113,30 @@ class Prefetcher:
                 self._running = True
                 self._cv.notify_all()  # the slot is free
                 return prepared
-        batch = self._queue.take(self._batcher, self._limits, self._expire)
+        batch = self._queue.take(self._select, self._expire)
         if batch is None:
             return None
         with self._cv:
             self._running = True
             self._cv.notify_all()  # the prefetcher may look ahead now
+        return batch
+
+    def start(self, requests: list[Request]) -> list[Request]:
+        """Start held requests (the model runs them now); return those still to run.
+
+        Cancelled ones are dropped; ones drained meanwhile (by stop or a broken
+        host) are answered by whoever drained them; ones whose deadline passed
+        go to ``expire``.
+        """
+        with self._cv:
+            held = self._held
+            # A request no longer held was discarded or drained (and answered) meanwhile.
+            still_held = [r for r in requests if held.pop(r, False) is None]
+        self._queue.release(len(still_held))
+        expired: list[Request] = []
+        batch = start_requests(still_held, time.monotonic(), expired)
+        for request in expired:
+            self._expire(request)
         return batch
 
     def ran(self) -> None:
@@ -112,14 +147,22 @@ class Prefetcher:
         ``Worker._run`` early when it scatters inline) takes no lock.
         """
         if self._running:
-            self._queue.locked(self._idle)
+            with self._cv:
+                self._running = False
 
-    def _idle(self) -> None:  # under the queue's lock
-        self._running = False
+    def answer_later(self, requests: list[Request], outputs: Any, context: Any) -> bool:
+        """Hand a finished batch over to be answered on this thread, if a prepared batch
+        waits (the model runs it meanwhile); ``False``: answer it yourself.
 
-    def has_next(self) -> bool:
-        """Whether a prepared batch waits in the slot."""
-        return self._slot is not None
+        This thread then waits on ``_cv`` (the slot is full), and :meth:`next`,
+        which the model thread calls next, wakes it: one wake-up per batch
+        answers this batch and starts looking ahead for the one after.
+        """
+        with self._cv:
+            if self._slot is None:
+                return False
+            self._outbox.append((requests, outputs, context))
+            return True
 
     def model_died(self, error: BaseException) -> None:
         """The model thread is dying: stop (the host drains the held requests)."""
@@ -134,39 +177,112 @@ class Prefetcher:
             self._stopped = True
             self._cv.notify_all()
 
+    # ------------------------------------------------------------------ the scheduler's side
+    def discard(self, request: Request) -> bool:
+        """Drop a held request whose caller gave up; whether it was held."""
+        with self._cv:
+            if self._held.pop(request, False) is not None:
+                return False
+        self._queue.release(1)
+        return True
+
+    def drain(self) -> list[Request]:
+        """Remove and return every held request."""
+        with self._cv:
+            held = list(self._held)
+            self._held.clear()
+        self._queue.release(len(held))
+        return held
+
     # ------------------------------------------------------------------ prefetcher thread
-    def _busy(self) -> bool:
-        return self._running
-
-    def _hold(self) -> None:  # under the queue's lock, as it takes
-        self._holding = True
-
     def _loop(self) -> None:
         try:
-            while True:
-                with self._cv:
-                    while not (self._running and self._slot is None) and not self._done():
-                        self._cv.wait()
-                    if self._done():
-                        return
-                batch = self._queue.take_ahead(self._batcher, self._limits, self._busy, self._hold)
-                if batch is None:
-                    return  # closed: the model thread drains what is left
-                if not batch:
-                    continue  # the model is idle: its thread takes for itself
+            while (batch := self._take_ahead()) is not None:
                 prepared = self._prepare(batch)
                 with self._cv:
                     if self._model_died is not None:
-                        return  # the host is broken; it drains what the queue holds
+                        return  # the host is broken; it drains what is held
                     self._slot = prepared
                     self._holding = False
                     self._cv.notify_all()
         except BaseException as error:  # noqa: BLE001 - a dying prefetcher must fail every caller
-            self._on_fatal(error, [])  # breaks the host, which drains what the queue holds
+            self._on_fatal(error, [])  # breaks the host, which drains what is held
         finally:
             with self._cv:
                 self._holding = False  # nothing more comes: a waiting model thread takes itself
                 self._cv.notify_all()
+            self._answer_handed()  # whatever else happened, batches that ran are answered
+
+    def _answer_handed(self) -> None:
+        """Answer the batches the model thread handed over (see :meth:`answer_later`)."""
+        while True:
+            with self._cv:
+                if not self._outbox:
+                    return
+                requests, outputs, context = self._outbox.pop(0)
+            try:
+                self._answer(requests, outputs, context)
+            except BaseException as error:  # noqa: BLE001 - e.g. SystemExit from unbatch
+                self._on_fatal(error, requests)  # the host is broken; answer the rest anyway
+
+    def _take_ahead(self) -> list[Request] | None:
+        """Wait until a full batch waits and the model runs; hold it. ``None``: the end.
+
+        It waits on the queue (for a full batch's worth) while nothing else can
+        happen, and on ``_cv`` only while the slot is full (the model thread
+        may hand a batch over) or while enough wait for an idle model (whose
+        own thread takes them): a lone caller's request wakes nothing here.
+        """
+        queue = self._queue
+        while True:
+            self._answer_handed()
+            with self._cv:
+                while self._slot is not None and not self._done() and not self._outbox:
+                    self._cv.wait()  # next() takes the slot (and wakes this thread)
+                if self._done():
+                    return None
+                if self._outbox:
+                    continue
+            if not queue.wait_for(self._ahead_at or self._least()):
+                return None  # closed: the model thread drains what is left
+            with self._cv:  # and the model cannot turn idle while this takes
+                while not self._running and not self._done() and not self._outbox:
+                    self._cv.wait()  # the model is idle: its thread takes what waits
+                if self._done():
+                    return None
+                if self._outbox:
+                    continue
+                batch = queue.take(self._choose, None, wait=False)
+                if batch is None:
+                    return None  # closed and empty
+                if batch:
+                    self._held.update(dict.fromkeys(batch))
+                    self._holding = True
+                    return batch
+
+    def _select(self, waiting: list[Request], now_s: float) -> Selection:
+        """Under the queue's lock: what the batcher selects for an idle model."""
+        return self._batcher.select(waiting, self._limits(), now_s)
+
+    def _choose(self, waiting: list[Request], now_s: float) -> Selection:
+        """Under the queue's lock: a full batch that serves the oldest request, or nothing."""
+        current = self._limits()
+        if current.max_batch_tokens is None and len(waiting) < current.full_size:
+            selection = None  # too few requests for a full batch
+        else:
+            busy = dataclasses.replace(current, model_busy=True)
+            selection = self._batcher.select(waiting, busy, now_s)
+        if selection is not None and 0 in selection.indices:
+            return selection
+        # Nothing full serves the oldest yet: look again once a few more came.
+        self._ahead_at = max(len(waiting) + max(1, current.full_size // 4), self._least())
+        return _NOTHING
+
+    def _least(self) -> int:
+        """The fewest waiting requests that can make a full batch (a lone caller's request
+        wakes nobody here: it is the model thread's)."""
+        current = self._limits()
+        return current.full_size if current.max_batch_tokens is None else 1
 
     def _done(self) -> bool:
         return self._stopped or self._model_died is not None

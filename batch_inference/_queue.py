@@ -1,110 +1,88 @@
-"""The host's request queue: one lock, two conditions, no polling."""
+"""The host's request queue: put, take, discard, close, drain; one lock, no polling."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from ._request import Request
-from .batcher.base import Batcher, BatchLimits
+from ._checks import FOREVER
+from ._request import Request, start_requests
+from .batcher.base import Selection
 from .errors import HostNotRunningError, QueueFullError
 
 #: Called with requests the queue refuses to run (deadline passed before start).
 Expire = Callable[[Request], None]
+#: ``choose(waiting, now_s)``: which of the waiting requests to take (``batcher.select``'s way).
+Choose = Callable[[list[Request], float], Selection]
 
-#: ``put(..., wait_for_space_until_s=_FOREVER)`` waits for room without a deadline.
-_FOREVER = float("inf")
+
+def oldest(count: int) -> Choose:
+    """A :data:`Choose` of the ``count`` oldest requests (or all, if fewer wait)."""
+    return lambda waiting, now_s: Selection(tuple(range(min(count, len(waiting)))))
 
 
 class RequestQueue:
-    """Requests waiting for a worker.
+    """Requests waiting for a worker, in arrival order.
 
-    Invariants: ``_items`` is in arrival order and is only read or changed
-    under ``_lock``; every wait is a predicate loop on ``_not_empty`` or
-    ``_not_full``, so a notification sent before a thread waits is never lost.
-    A prefetcher (pipelining, see ``_pipeline.py``) takes only while its model
-    is busy, and only a full batch (:meth:`take_ahead`): it waits on
-    ``_ahead``; once its model is idle it gets ``[]`` back and the model
-    thread takes for itself (:meth:`take`).
+    Invariants: ``_items`` is only read or changed under ``_lock``; every wait
+    is a predicate loop on a condition of that lock, so a notification sent
+    before a thread waits is never lost. Takers pass their policy in
+    (``choose``); the queue calls nothing else of theirs under its lock.
     """
 
     def __init__(self, max_size: int | None) -> None:
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
-        self._ahead = threading.Condition(self._lock)
-        # Queue length at which a taker waiting on _ahead is worth waking (see _take_locked).
-        self._ahead_at = 1
-        # Takers waiting on _not_empty / _ahead (changed under _lock, around each wait).
-        self._idle_takers = 0
-        self._ahead_takers = 0
+        self._grown = threading.Condition(self._lock)  # for wait_for()
+        self._idle_takers = 0  # waiting on _not_empty (counted: notify costs even when idle)
+        self._watchers = 0  # waiting on _grown, for at least _watch_at requests
+        self._watch_at = FOREVER
         self._items: list[Request] = []
-        # Taken by a prefetcher, not started yet (see start()); still count as waiting.
-        self._held: dict[Request, None] = {}
+        self._taken = 0  # taken unstarted (expire=None), not released yet
         self._closed = False
-        self._max_size = max_size
+        self.max_size = max_size
         self.accepted = 0
         # asyncio callers waiting for room: (loop, future) pairs, woken in order.
         self._space_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
 
     def __len__(self) -> int:
-        """Requests waiting to start: queued, or taken ahead by a prefetcher."""
-        return len(self._items) + len(self._held)
+        """Requests waiting to start (taken unstarted, not released yet, included)."""
+        return len(self._items) + self._taken
 
+    # ------------------------------------------------------------------ put
     def put(self, request: Request, wait_for_space_until_s: float | None = None) -> None:
-        """Queue ``request``, or raise at once.
-
-        With ``max_size`` reached, raise :class:`QueueFullError` unless
-        ``wait_for_space_until_s`` is given, in which case wait for room until
-        that monotonic time.
-        """
+        """Queue ``request``; when full, raise :class:`QueueFullError`, or wait for room
+        until the monotonic time ``wait_for_space_until_s`` (``FOREVER``: no end)."""
         with self._lock:
-            if self._closed:
-                raise HostNotRunningError("the host is stopped; it accepts no new requests")
-            if self._max_size is not None:
-                while len(self._items) >= self._max_size:
-                    remaining = (
-                        None if wait_for_space_until_s is None
-                        else wait_for_space_until_s - time.monotonic()
+            self._refuse_if_closed()
+            while self.max_size is not None and len(self._items) >= self.max_size:
+                until_s = wait_for_space_until_s
+                wait_s = None if until_s is None else until_s - time.monotonic()
+                if wait_s is None or wait_s <= 0:
+                    raise QueueFullError(
+                        f"the queue holds max_queue_size={self.max_size} requests"
+                        if wait_s is None else
+                        f"the queue still held max_queue_size={self.max_size} requests "
+                        "when this request's timeout ran out"
                     )
-                    if remaining is None or remaining <= 0:
-                        raise QueueFullError(
-                            f"the queue holds max_queue_size={self._max_size} requests"
-                            if remaining is None else
-                            f"the queue still held max_queue_size={self._max_size} requests "
-                            "when this request's timeout ran out"
-                        )
-                    self._not_full.wait(None if remaining == _FOREVER else remaining)
-                    if self._closed:
-                        raise HostNotRunningError("the host stopped while this request waited")
+                self._not_full.wait(None if until_s == FOREVER else wait_s)
+                if self._closed:
+                    raise HostNotRunningError("the host stopped while this request waited")
             self._append(request)
-
-    def _append(self, request: Request) -> None:
-        """Queue ``request`` and wake a taker that waits for it (locked)."""
-        self._items.append(request)
-        self.accepted += 1
-        if self._idle_takers:  # notify() costs a microsecond even when nobody waits
-            self._not_empty.notify()
-        if self._ahead_takers and len(self._items) >= self._ahead_at:
-            self._ahead.notify()
 
     def put_or_wait(
         self, request: Request, loop: asyncio.AbstractEventLoop
     ) -> asyncio.Future | None:
-        """Queue ``request`` and return ``None``; with the queue full, return a future instead.
-
-        For asyncio callers that wait for room: the future (of ``loop``) is set
-        when room frees or the queue closes; the caller then tries again, or
-        gives up with :meth:`forget_space_waiter`.
-        """
+        """Queue ``request`` and return ``None``; when full, a future of ``loop`` instead,
+        set once room frees or the queue closes (then try again, or
+        :meth:`forget_space_waiter`)."""
         with self._lock:
-            if self._closed:
-                raise HostNotRunningError("the host is stopped; it accepts no new requests")
-            if self._max_size is not None and len(self._items) >= self._max_size:
+            self._refuse_if_closed()
+            if self.max_size is not None and len(self._items) >= self.max_size:
                 room = loop.create_future()
                 self._space_waiters.append((loop, room))
                 return room
@@ -116,14 +94,128 @@ class RequestQueue:
         with self._lock:
             for entry in self._space_waiters:
                 if entry[1] is room:
-                    self._space_waiters.remove(entry)
-                    return
-            # Already woken: that wake-up stood for free room, so hand it to the next waiter.
-            if self._max_size is None or len(self._items) < self._max_size:
-                self._wake_space_waiters(1)
+                    return self._space_waiters.remove(entry)
+            if self.max_size is None or len(self._items) < self.max_size:
+                self._freed(1)  # it was woken: hand that room to the next one
 
-    def _wake_space_waiters(self, count: int | None) -> None:
-        """Wake up to ``count`` asyncio callers waiting for room (all for ``None``); locked."""
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise HostNotRunningError("the host is stopped; it accepts no new requests")
+
+    def _append(self, request: Request) -> None:  # locked
+        items = self._items
+        items.append(request)
+        self.accepted += 1
+        if self._idle_takers:
+            self._not_empty.notify()
+        if self._watchers and len(items) >= self._watch_at:
+            self._watch_at = FOREVER  # the watchers still short lower it again
+            self._grown.notify_all()
+
+    # ------------------------------------------------------------------ take
+    def take(self, choose: Choose, expire: Expire | None, wait: bool = True
+             ) -> list[Request] | None:
+        """Take the requests ``choose(waiting, now_s)`` selects, oldest first.
+
+        With ``expire``, they are marked running: cancelled ones are dropped,
+        and ones whose deadline passed go to ``expire``, called without the
+        lock (settling a future runs callbacks that may call the host). With
+        ``expire=None`` they are only taken, not started, and still count in
+        ``len()`` until :meth:`release`. With ``wait``, block until something
+        is selected (re-asking by the selection's ``wake_at_s``); without,
+        return ``[]`` at once. ``None``: the queue is closed and empty.
+        """
+        while True:
+            expired: list[Request] = []
+            with self._lock:
+                while True:
+                    if not self._items:
+                        if self._closed or not wait:
+                            return None if self._closed else []
+                        self._wait_idle(None)
+                        continue
+                    now_s = time.monotonic()
+                    selection = choose(self._items, now_s)
+                    if selection.indices or not wait:
+                        break
+                    wake_s = selection.wake_at_s
+                    if wake_s is None or wake_s > now_s:
+                        self._wait_idle(None if wake_s is None else wake_s - now_s)
+                chosen = self._remove(selection.indices)
+                if expire is None:
+                    self._taken += len(chosen)
+                    return chosen
+                batch = start_requests(chosen, now_s, expired)
+            for request in expired:
+                expire(request)
+            if batch or not wait:
+                return batch
+
+    def release(self, count: int) -> None:
+        """``count`` requests taken unstarted (``expire=None``) started or left."""
+        with self._lock:
+            self._taken -= count
+
+    def wait_for(self, count: int) -> bool:
+        """Block until at least ``count`` requests wait (``True``) or the queue closes."""
+        with self._lock:
+            while not self._closed and len(self._items) < count:
+                self._watch_at = min(self._watch_at, count)
+                self._watchers += 1
+                self._grown.wait()
+                self._watchers -= 1
+            return not self._closed
+
+    def _wait_idle(self, timeout_s: float | None) -> None:  # locked
+        self._idle_takers += 1
+        self._not_empty.wait(timeout_s)  # a worker thread: no KeyboardInterrupt here
+        self._idle_takers -= 1
+
+    def _remove(self, indices: Sequence[int]) -> list[Request]:  # locked; frees room
+        items = self._items
+        count = len(indices)
+        if indices == tuple(range(count)):  # the oldest ones
+            chosen = items[:count]
+            del items[:count]
+        else:
+            picked = set(indices)
+            chosen = [items[i] for i in indices]
+            self._items = [r for i, r in enumerate(items) if i not in picked]
+        self._freed(count)
+        return chosen
+
+    # ------------------------------------------------------------------ remove, end
+    def discard(self, request: Request) -> bool:
+        """Remove a request that has not been taken (its caller gave up)."""
+        with self._lock:
+            try:
+                self._items.remove(request)
+            except ValueError:
+                return False
+            self._freed(1)
+            return True
+
+    def close(self) -> None:
+        """Refuse new requests and wake every waiter; queued requests stay."""
+        with self._lock:
+            self._closed = True
+            self._not_empty.notify_all()
+            self._grown.notify_all()
+            self._freed(None)
+
+    def drain(self) -> list[Request]:
+        """Remove and return every queued request."""
+        with self._lock:
+            items, self._items = self._items, []
+            self._freed(None)
+            return items
+
+    def _freed(self, count: int | None) -> None:  # locked
+        """Room for ``count`` more (``None``: for all): wake callers waiting for it."""
+        if count is None:
+            self._not_full.notify_all()
+        else:
+            self._not_full.notify(count)
         waiters = self._space_waiters
         while waiters and (count is None or count > 0):
             loop, room = waiters.popleft()
@@ -133,225 +225,6 @@ class RequestQueue:
                 continue
             if count is not None:
                 count -= 1
-
-    def take(
-        self, batcher: Batcher, limits: Callable[[], BatchLimits], expire: Expire
-    ) -> list[Request] | None:
-        """Block until the batcher selects a batch, and start it; ``None`` once closed and empty.
-
-        Chosen requests are marked running (``set_running_or_notify_cancel``):
-        cancelled ones are dropped, and ones whose deadline passed are handed
-        to ``expire`` instead of being run. ``expire`` is called without the
-        lock held: settling a future runs its callbacks, which may call back
-        into the host (a callback that submits a request would deadlock).
-        """
-        while True:
-            expired: list[Request] = []
-            try:
-                batch = self._take_locked(batcher, limits, expired, None, None)
-            finally:
-                for request in expired:
-                    expire(request)
-            if batch is None or batch:
-                return batch
-
-    def take_ahead(
-        self,
-        batcher: Batcher,
-        limits: Callable[[], BatchLimits],
-        busy: Callable[[], bool],
-        on_hold: Callable[[], None],
-    ) -> list[Request] | None:
-        """Take a batch ahead for a prefetcher whose model is busy; hold it, do not start it.
-
-        Only while ``busy()`` (the prefetcher's model is running a batch), only
-        a batch that cannot grow, and only one holding the oldest request: the
-        batcher is asked with ``model_busy=True``. The chosen requests are
-        *held*: :meth:`start` starts them when the model runs them, so until
-        then they can still be cancelled, expire, or be drained. ``on_hold()``
-        is called under the lock as they are taken. Returns ``[]`` (nothing
-        taken) once the model is idle, and ``None`` once the queue is closed.
-        """
-        return self._take_locked(batcher, limits, [], busy, on_hold)
-
-    def _take_locked(
-        self,
-        batcher: Batcher,
-        limits: Callable[[], BatchLimits],
-        expired: list[Request],
-        busy: Callable[[], bool] | None,
-        on_hold: Callable[[], None] | None,
-    ) -> list[Request] | None:
-        """:meth:`take` (or, with ``busy``, :meth:`take_ahead`) under the lock.
-
-        ``[]`` when every chosen request had expired, or (ahead) the model is idle.
-        """
-        with self._lock:
-            while True:
-                items = self._items
-                ahead = busy is not None
-                if ahead and (self._closed or not busy()):
-                    return None if self._closed else []
-                if not items:
-                    if self._closed:
-                        return None
-                    if ahead:
-                        self._wait_ahead()
-                    else:
-                        self._wait_idle(None)
-                    continue
-                now_s = time.monotonic()
-                if ahead:
-                    current = limits()
-                    if current.max_batch_tokens is None and len(items) < current.full_size:
-                        selection = None  # too few requests for a full batch
-                    else:
-                        ahead_limits = dataclasses.replace(current, model_busy=True)
-                        selection = batcher.select(items, ahead_limits, now_s)
-                    if selection is None or 0 not in selection.indices:
-                        # Nothing full serves the oldest yet: ask again once a few more came.
-                        step = max(1, current.full_size // 4)
-                        least = current.full_size if current.max_batch_tokens is None else 1
-                        self._ahead_at = max(len(items) + step, least)
-                        self._wait_ahead()
-                        continue
-                else:
-                    selection = batcher.select(items, limits(), now_s)
-                if not selection.indices:
-                    wait_s = None if selection.wake_at_s is None else selection.wake_at_s - now_s
-                    if wait_s is None or wait_s > 0:
-                        self._wait_idle(wait_s)
-                    continue
-                chosen = self._remove(selection.indices)
-                self._not_full.notify(len(chosen))
-                if self._space_waiters:
-                    self._wake_space_waiters(len(chosen))
-                if on_hold is not None:  # a prefetcher's: they start when its model runs them
-                    self._held.update(dict.fromkeys(chosen))
-                    on_hold()
-                    return chosen
-                batch = _mark_started(chosen, now_s, expired)
-                if batch or expired:
-                    return batch
-
-    def _wait_idle(self, timeout_s: float | None) -> None:
-        """Wait on ``_not_empty`` (locked); counted, so that put() notifies only waiters."""
-        self._idle_takers += 1
-        try:
-            self._not_empty.wait(timeout_s)
-        finally:
-            self._idle_takers -= 1
-
-    def _wait_ahead(self) -> None:
-        """Wait on ``_ahead`` (locked); counted, so that put() notifies only waiters."""
-        self._ahead_takers += 1
-        try:
-            self._ahead.wait()
-        finally:
-            self._ahead_takers -= 1
-
-    def start(self, requests: list[Request], expire: Expire) -> list[Request]:
-        """Start held requests (their model runs them now); return those still to run.
-
-        Cancelled ones are dropped; ones drained meanwhile (by stop or a broken
-        host) are answered by whoever drained them; ones whose deadline passed
-        go to ``expire`` (called without the lock).
-        """
-        expired: list[Request] = []
-        with self._lock:
-            held = self._held
-            now_s = time.monotonic()
-            # A request no longer held was drained meanwhile (and answered by the drainer).
-            still_held = [r for r in requests if held.pop(r, False) is None]
-            batch = _mark_started(still_held, now_s, expired)
-        for request in expired:
-            expire(request)
-        return batch
-
-    def _remove(self, indices: tuple[int, ...]) -> list[Request]:
-        items = self._items
-        count = len(indices)
-        if indices == tuple(range(count)):
-            chosen = items[:count]
-            del items[:count]
-            return chosen
-        picked = set(indices)
-        chosen = [items[i] for i in indices]
-        self._items = [r for i, r in enumerate(items) if i not in picked]
-        return chosen
-
-    def discard(self, request: Request) -> bool:
-        """Remove a request that has not started (after its caller gave up)."""
-        with self._lock:
-            try:
-                self._items.remove(request)
-            except ValueError:
-                return self._held.pop(request, False) is None
-            self._not_full.notify()
-            if self._space_waiters:
-                self._wake_space_waiters(1)
-            return True
-
-    def close(self) -> None:
-        """Refuse new requests and wake every waiter; queued requests stay."""
-        with self._lock:
-            self._closed = True
-            self._not_empty.notify_all()
-            self._ahead.notify_all()
-            self._not_full.notify_all()
-            self._wake_space_waiters(None)
-
-    def drain(self) -> list[Request]:
-        """Remove and return every waiting request."""
-        with self._lock:
-            items, self._items = self._items + list(self._held), []
-            self._held.clear()
-            self._not_full.notify_all()
-            self._wake_space_waiters(None)
-            return items
-
-    def locked(self, action: Callable[[], None]) -> None:
-        """Run ``action()`` under the queue's lock (atomic with every take)."""
-        with self._lock:
-            action()
-
-    def take_ready(self, count: int, expire: Expire) -> list[Request]:
-        """Start and return up to ``count`` waiting requests, oldest first; never blocks.
-
-        For a worker that has other work (a running generation batch): it takes
-        whatever waits now, possibly nothing. Cancelled requests are dropped and
-        ones whose deadline passed go to ``expire`` (called without the lock),
-        as in :meth:`take`.
-        """
-        expired: list[Request] = []
-        with self._lock:
-            chosen = self._items[:max(count, 0)]
-            if not chosen:
-                return []
-            del self._items[:len(chosen)]
-            self._not_full.notify(len(chosen))
-            if self._space_waiters:
-                self._wake_space_waiters(len(chosen))
-            batch = _mark_started(chosen, time.monotonic(), expired)
-        for request in expired:
-            expire(request)
-        return batch
-
-
-def _mark_started(requests: list[Request], now_s: float, expired: list[Request]) -> list[Request]:
-    """Mark requests running; drop cancelled ones, move expired ones to ``expired``.
-
-    Returns the requests to run. Called under the queue's lock.
-    """
-    batch = []
-    for request in requests:
-        if not request.future.set_running_or_notify_cancel():
-            continue
-        if request.deadline_s is not None and request.deadline_s <= now_s:
-            expired.append(request)
-            continue
-        batch.append(request)
-    return batch
 
 
 def _set_room(room: asyncio.Future) -> None:

@@ -1,32 +1,29 @@
-"""One caller's request as it travels through the host."""
+"""One caller's request as it travels through the host: made, started, settled."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from concurrent.futures import Future, InvalidStateError
-from typing import Any, Literal
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
 
-from .batcher.base import RequestInfo
-
-#: Who waits for a request (see :class:`Request`).
-RequestKind = Literal["future", "thread", "loop"]
+from . import _future
+from ._checks import FOREVER, checked_timeout
+from ._future import LightFuture
+from .batcher.base import Batcher, RequestInfo
+from .errors import InvalidRequestError
 
 
 class Request:
     """A queued call: its arguments, description, future and deadline.
 
-    ``future`` is the single source of truth for the outcome. ``loop`` and
-    ``loop_future`` are set for asyncio callers: the worker copies the outcome
-    to them in one ``call_soon_threadsafe`` per event loop and batch. Its type
-    depends on the caller (``kind``): ``"future"`` (:meth:`ModelHost.submit`)
-    gets a :class:`concurrent.futures.Future`; ``"loop"`` (an asyncio caller,
-    nobody blocks on it) a :class:`LoopRequestState`; ``"thread"``
-    (:meth:`ModelHost.predict`, only its caller blocks on it) a
-    :class:`ThreadRequestState`.
+    ``future`` is the single source of truth for the outcome: a
+    :class:`concurrent.futures.Future` (:meth:`ModelHost.submit`, generation)
+    or, where one known caller waits, a :class:`~batch_inference._future.LightFuture`
+    (:meth:`ModelHost.predict`, :meth:`ModelHost.predict_async`).
     """
 
-    __slots__ = ("args", "info", "future", "enqueued_s", "deadline_s", "loop", "loop_future")
+    __slots__ = ("args", "info", "future", "enqueued_s", "deadline_s")
 
     def __init__(
         self,
@@ -34,127 +31,69 @@ class Request:
         info: RequestInfo,
         enqueued_s: float,
         deadline_s: float | None,
-        kind: RequestKind = "future",
+        future: Future[Any] | LightFuture | None = None,
     ) -> None:
         self.args = args
         self.info = info
-        self.future: Future[Any] | LoopRequestState = (
-            Future() if kind == "future" else
-            ThreadRequestState() if kind == "thread" else LoopRequestState()
-        )
+        self.future: Any = Future() if future is None else future
         self.enqueued_s = enqueued_s
         self.deadline_s = deadline_s
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.loop_future: asyncio.Future[Any] | None = None
 
 
-_PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
-#: Guards the state changes of every LoopRequestState (each a few bytecodes long).
-_STATE_LOCK = threading.Lock()
+def make_request(
+    args: tuple[Any, ...],
+    timeout: float | None,
+    future: Future[Any] | LightFuture,
+    batcher: Batcher,
+    arg_range: tuple[int, float],
+    default_timeout_s: float | None,
+) -> Request:
+    """A checked request for ``predict_batch`` (which takes ``arg_range`` arguments).
 
-
-class LoopRequestState:
-    """The part of :class:`concurrent.futures.Future` an asyncio caller's request uses.
-
-    States and transitions are those of ``Future``: pending -> running ->
-    finished, or pending -> cancelled; each change is atomic. Nothing blocks
-    on it (the caller awaits its ``loop_future``), so unlike ``Future`` it
-    makes no condition variable: creating and settling it costs a fraction.
+    Raises
+    ------
+    InvalidRequestError
+        Too few or too many arguments, arguments the batcher refuses, or a
+        ``timeout`` that is not a number of seconds > 0.
     """
-
-    __slots__ = ("_state", "_value", "_is_error")
-
-    def __init__(self) -> None:
-        self._state = _PENDING
-        self._value: Any = None
-        self._is_error = False
-
-    def set_running_or_notify_cancel(self) -> bool:
-        with _STATE_LOCK:
-            if self._state == _PENDING:
-                self._state = _RUNNING
-                return True
-            if self._state == _CANCELLED:
-                return False
-        raise RuntimeError("Future in unexpected state")
-
-    def cancel(self) -> bool:
-        with _STATE_LOCK:
-            if self._state == _PENDING:
-                self._state = _CANCELLED
-            return self._state == _CANCELLED
-
-    def cancelled(self) -> bool:
-        return self._state == _CANCELLED
-
-    def running(self) -> bool:
-        return self._state == _RUNNING
-
-    def done(self) -> bool:
-        return self._state >= _CANCELLED
-
-    def _finish(self, value: Any, is_error: bool) -> None:
-        with _STATE_LOCK:
-            if self._state >= _CANCELLED:
-                raise InvalidStateError(f"the request is already done: {self!r}")
-            self._value, self._is_error, self._state = value, is_error, _FINISHED
-
-    def set_result(self, value: Any) -> None:
-        self._finish(value, False)
-
-    def set_exception(self, error: BaseException) -> None:
-        self._finish(error, True)
-
-    def exception(self) -> BaseException | None:
-        self._check_done()
-        return self._value if self._is_error else None
-
-    def result(self) -> Any:
-        self._check_done()
-        if self._is_error:
-            raise self._value
-        return self._value
-
-    def _check_done(self) -> None:
-        if self._state == _CANCELLED:
-            raise asyncio.CancelledError()
-        if self._state != _FINISHED:
-            raise InvalidStateError("the request has not finished")
+    low, high = arg_range
+    if not low <= len(args) <= high:
+        if high == FOREVER:
+            expected = f"at least {low}"
+        else:
+            expected = str(low) if low == high else f"{low} to {int(high)}"
+        raise InvalidRequestError(f"predict_batch takes {expected} arguments, got {len(args)}")
+    info = batcher.inspect(args)
+    now_s = time.monotonic()
+    return Request(args, info, now_s, deadline_of(timeout, default_timeout_s, now_s), future)
 
 
-class ThreadRequestState(LoopRequestState):
-    """A :class:`LoopRequestState` its one caller can block on, with a timeout.
+def deadline_of(timeout: Any, default_timeout_s: float | None, now_s: float) -> float | None:
+    """The monotonic deadline of a call given ``timeout`` (``None``: the host's default)."""
+    if timeout is None:
+        timeout = default_timeout_s
+    elif type(timeout) is not float or not 0.0 < timeout < FOREVER:
+        timeout = checked_timeout(timeout)  # an int, inf (no deadline), or refused
+    return None if timeout is None else now_s + timeout
 
-    For :meth:`ModelHost.predict`: only the caller's own thread waits, so one
-    lock, held from the start and released once the request is done, does
-    what ``Future``'s condition variable would, at a fraction of the cost.
+
+def start_requests(
+    requests: Sequence[Request], now_s: float, expired: list[Request]
+) -> list[Request]:
+    """Mark requests running; drop cancelled ones, move expired ones to ``expired``.
+
+    Returns the requests to run. A cancelled request is never half-run: once
+    marked running, its caller can no longer cancel it.
     """
-
-    __slots__ = ("_ready",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._ready = threading.Lock()
-        self._ready.acquire()
-
-    def _finish(self, value: Any, is_error: bool) -> None:
-        super()._finish(value, is_error)
-        self._ready.release()
-
-    def cancel(self) -> bool:
-        with _STATE_LOCK:
-            if self._state == _PENDING:
-                self._state = _CANCELLED
-                self._ready.release()
-            return self._state == _CANCELLED
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The outcome; ``TimeoutError`` if it is not done within ``timeout`` seconds."""
-        if self._state < _CANCELLED and not self._ready.acquire(
-            timeout=-1 if timeout is None else max(timeout, 0.0)
-        ):
-            raise TimeoutError()
-        return super().result()  # a later call sees the settled state: it never waits
+    batch = []
+    for request in requests:
+        if not request.future.set_running_or_notify_cancel():
+            continue
+        if request.deadline_s is not None and request.deadline_s <= now_s:
+            expired.append(request)
+            continue
+        batch.append(request)
+    return batch
 
 
 #: ``(request, value, is_error)``: how one request ended.
@@ -162,34 +101,5 @@ Outcome = tuple[Request, Any, bool]
 
 
 def settle(outcomes: list[Outcome]) -> None:
-    """Resolve each request's future; wake asyncio callers once per event loop.
-
-    ``asyncio.wrap_future`` would cost one ``call_soon_threadsafe`` (a wake-up
-    of the loop) per request; here a batch costs one per loop.
-    """
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, bool]]] = {}
-    for request, value, is_error in outcomes:
-        future = request.future
-        if future.done():
-            continue
-        if is_error:
-            future.set_exception(value)
-        else:
-            future.set_result(value)
-        if request.loop is not None:
-            by_loop.setdefault(request.loop, []).append((request.loop_future, value, is_error))
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_copy_to_loop, items)
-        except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
-            pass
-
-
-def _copy_to_loop(items: list[tuple[Any, Any, bool]]) -> None:
-    for loop_future, value, is_error in items:
-        if loop_future.done():  # cancelled by its caller meanwhile
-            continue
-        if is_error:
-            loop_future.set_exception(value)
-        else:
-            loop_future.set_result(value)
+    """Resolve each request's future; wake asyncio callers once per event loop and batch."""
+    _future.settle([(r.future, value, is_error) for r, value, is_error in outcomes])

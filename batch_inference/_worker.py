@@ -9,7 +9,6 @@ an out-of-memory error, and failing the scheduler when the worker dies).
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -54,36 +53,21 @@ class SchedulerPort(Protocol):
         """A thread died of ``cause``: fail ``batch`` and everything pending; refuse more."""
         ...
 
-    def worker_finished(self) -> None:
-        """This worker's thread ends (its queue is closed and drained, or it died)."""
-        ...
 
 
 class Scatter:
-    """Splits outputs and settles futures, inline or on its own thread.
+    """Splits a batch's outputs and settles its callers' futures.
 
-    A worker whose queue still holds requests hands the finished batch here
-    and starts the next batch at once; an idle worker scatters inline, which
-    is quicker for a lone caller.
+    Called by the model thread when it is idle (quicker for a lone caller),
+    or by its worker's prefetch thread while the model runs the next batch.
     """
 
-    def __init__(
-        self,
-        batcher: Batcher,
-        stats: StatsRecorder,
-        on_fatal: Callable[[BaseException, list[Request]], None],
-    ) -> None:
+    def __init__(self, batcher: Batcher, stats: StatsRecorder) -> None:
         self._batcher = batcher
         self._stats = stats
-        self._on_fatal = on_fatal
-        self._inbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name="batch_inference-scatter",
-                                       daemon=True)
-
-    def later(self, requests: list[Request], outputs: Any, context: Any) -> None:
-        self._inbox.put((requests, outputs, context))
 
     def now(self, requests: list[Request], outputs: Any, context: Any) -> None:
+        """Answer ``requests``; a ``BaseException`` of ``unbatch`` (e.g. SystemExit) propagates."""
         try:
             results = self._batcher.unbatch(outputs, context)
             if len(results) != len(requests):
@@ -100,18 +84,6 @@ class Scatter:
     def fail(self, requests: Sequence[Request], error: BaseException, kind: str = "failed") -> None:
         settle([(r, error, True) for r in requests])
         self._stats.count(kind, len(requests))
-
-    def _loop(self) -> None:
-        while (item := self._inbox.get()) is not None:
-            try:
-                self.now(*item)
-            except BaseException as error:  # noqa: BLE001 - e.g. SystemExit from unbatch
-                # Keep scattering the batches behind it, but the host is broken.
-                self._on_fatal(error, item[0])
-
-    def close(self) -> None:
-        """No more batches come: the thread ends once it has scattered those it holds."""
-        self._inbox.put(None)
 
 
 class Worker:
@@ -141,7 +113,6 @@ class Worker:
         self._predict = predict_batch
         self._stager = make_stager(device)  # pinned staging on a CUDA device, .to() elsewhere
         self._output_device = output_device
-        self._queue = queue
         self._batcher = batcher
         self._scatter = scatter
         self._stats = stats
@@ -151,7 +122,7 @@ class Worker:
             target=self._loop, name=f"batch_inference-worker-{index}", daemon=True
         )
         self.prefetcher = Prefetcher(
-            queue, batcher, scheduler.limits, scheduler.expire, self._prepare,
+            queue, batcher, scheduler.limits, scheduler.expire, self._prepare, scatter.now,
             scheduler.fail, name=f"batch_inference-prefetch-{index}",
         )
 
@@ -167,12 +138,11 @@ class Worker:
     def _loop(self) -> None:
         scheduler = self._scheduler
         prefetcher = self.prefetcher
-        queue = self._queue
         batch: list[Request] = []
         try:
             while (item := prefetcher.next()) is not None:
                 if isinstance(item, Prepared):  # taken ahead: start it now
-                    batch = queue.start(item.requests, scheduler.expire)
+                    batch = prefetcher.start(item.requests)
                     prepared = item
                     if batch and len(batch) < len(item.requests):  # some were cancelled
                         prepared = self._prepare(batch)
@@ -188,8 +158,6 @@ class Worker:
         except BaseException as error:  # noqa: BLE001 - a dying worker must fail every caller
             prefetcher.model_died(error)
             scheduler.fail(error, batch)
-        finally:
-            scheduler.worker_finished()
 
     def _prepare(self, requests: list[Request]) -> Prepared:
         """Gather, pad and stack the requests, and stage them on the device."""
@@ -222,12 +190,11 @@ class Worker:
             return
         self._record(requests, started_s, retry)
         context = prepared.context
-        if not retry and self.prefetcher.has_next():
-            self._scatter.later(requests, outputs, context)  # the next batch is ready to run
-        else:
-            if not retry:  # the model is idle: the prefetcher stops looking ahead
-                self.prefetcher.ran()
-            self._scatter.now(requests, outputs, context)
+        if not retry and self.prefetcher.answer_later(requests, outputs, context):
+            return  # the next batch is ready to run: the prefetch thread answers these meanwhile
+        if not retry:  # the model is idle: the prefetcher stops looking ahead
+            self.prefetcher.ran()
+        self._scatter.now(requests, outputs, context)
 
     def _record(self, requests: list[Request], started_s: float, retry: bool) -> None:
         infos = [r.info for r in requests]

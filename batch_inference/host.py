@@ -5,21 +5,28 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from ._checks import checked_timeout, non_negative, positional_range, positive_int
 from ._devices import as_device
-from ._fronts import RequestFronts
+from ._future import LightFuture
+from ._request import make_request
 from ._scheduler import Scheduler
 from .batcher.base import Batcher, BatchLimits
 from .batcher.concat_batcher import ConcatBatcher
-from .errors import ConfigurationError, HostAlreadyRunningError, InvalidRequestError
+from .errors import (
+    ConfigurationError,
+    HostAlreadyRunningError,
+    HostNotRunningError,
+    InvalidRequestError,
+)
 from .stats import HostStats, StatsRecorder
 
 __all__ = ["ModelHost"]
 
 
-class ModelHost(RequestFronts):
+class ModelHost:
     """Serve ``predict_batch`` of a model to many concurrent callers.
 
     Callers send one request each (:meth:`predict` from threads,
@@ -312,3 +319,67 @@ class ModelHost(RequestFronts):
             return self._stats.snapshot(self._accepted_before, 0)
         queue = scheduler.queue
         return self._stats.snapshot(self._accepted_before + queue.accepted, len(queue))
+
+    # ================================================================== requests: the one door
+    # Each call makes a checked request (``_request.make_request``) with the future its
+    # caller waits on, and hands it to the current start's Scheduler, which queues it and
+    # waits for the outcome (``_scheduler.py``). Nothing else puts a request on the queue.
+    def predict(
+        self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
+    ) -> Any:
+        """Run one request through the model, batched with others; block for its result.
+
+        Parameters
+        ----------
+        *args:
+            The request: one value per argument of ``predict_batch``.
+        timeout:
+            Seconds to wait at most (default: the host's ``default_timeout_s``);
+            then :class:`~batch_inference.errors.RequestTimeoutError` is raised
+            and the request is removed if it has not started.
+        wait_for_queue:
+            With a full queue, wait for room (within ``timeout``) instead of
+            raising :class:`~batch_inference.errors.QueueFullError` at once.
+        """
+        request = make_request(args, timeout, LightFuture(), self.batcher, self._arg_range,
+                               self.default_timeout_s)
+        return self._door().predict(request, wait_for_queue)
+
+    def submit(
+        self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
+    ) -> Future[Any]:
+        """Queue one request and return its :class:`concurrent.futures.Future`.
+
+        The future's result is what :meth:`predict` returns. Cancelling it
+        before its batch starts removes the request from the queue (it is
+        never run); ``cancel()`` returns ``False`` once its batch has started.
+        A request whose ``timeout`` (or ``default_timeout_s``) passes before its
+        batch starts is not run: its future gets
+        :class:`~batch_inference.errors.RequestTimeoutError` when a worker
+        reaches it. To stop waiting at the deadline itself, wait with
+        ``future.result(timeout)`` and ``cancel()`` (or use :meth:`predict`).
+        """
+        request = make_request(args, timeout, Future(), self.batcher, self._arg_range,
+                               self.default_timeout_s)
+        return self._door().submit(request, wait_for_queue)
+
+    async def predict_async(
+        self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
+    ) -> Any:
+        """Awaitable :meth:`predict` for asyncio callers; never blocks the event loop.
+
+        Cancelling the awaiting task removes the request if it has not started.
+        """
+        future = LightFuture(asyncio.get_running_loop())
+        request = make_request(args, timeout, future, self.batcher, self._arg_range,
+                               self.default_timeout_s)
+        return await self._door().predict_async(request, wait_for_queue)
+
+    def _door(self) -> Scheduler:
+        """The latest start's scheduler (a stopped one refuses the request)."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise HostNotRunningError(
+                "the host is not running: call start() (or use `with host:`) before predict"
+            )
+        return scheduler

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 
 from _generation_support import POSITIONS, GatedModel, prompts, reference, tiny_gpt2
 
-from batch_inference._queue import RequestQueue
+from batch_inference._queue import RequestQueue, oldest
 from batch_inference._request import Request
 from batch_inference.batcher.base import RequestInfo
 from batch_inference.errors import (
@@ -264,19 +264,21 @@ def _request(deadline_s: float | None = None) -> Request:
     return Request((), RequestInfo(), time.monotonic(), deadline_s)
 
 
-def test_take_ready_takes_what_waits_without_blocking() -> None:
+def test_the_oldest_requests_are_taken_without_blocking() -> None:
     queue = RequestQueue(max_size=None)
-    assert queue.take_ready(4, lambda r: None) == []  # nothing waits: back at once
+    assert queue.take(oldest(4), lambda r: None, wait=False) == []  # nothing waits: at once
     cancelled, expired, first, second, third = (_request() for _ in range(5))
     expired.deadline_s = time.monotonic() - 1
     cancelled.future.cancel()
     for request in (cancelled, expired, first, second, third):
         queue.put(request)
     gone: list[Request] = []
-    assert queue.take_ready(4, gone.append) == [first, second]
+    assert queue.take(oldest(4), gone.append, wait=False) == [first, second]
     assert gone == [expired] and first.future.running()
-    assert len(queue) == 1 and queue.take_ready(0, gone.append) == []
-    assert queue.take_ready(5, gone.append) == [third] and len(queue) == 0
+    assert len(queue) == 1 and queue.take(oldest(0), gone.append, wait=False) == []
+    assert queue.take(oldest(5), gone.append) == [third] and len(queue) == 0
+    queue.close()
+    assert queue.take(oldest(5), gone.append) is None  # closed and empty: the end
 
 
 def test_generate_gives_up_at_its_deadline_while_the_model_is_stuck(model: Any) -> None:

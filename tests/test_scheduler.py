@@ -17,10 +17,11 @@ import torch
 
 from batch_inference import HostBrokenError, ModelHost
 from batch_inference._pipeline import Prefetcher, Prepared
-from batch_inference._queue import RequestQueue
+from batch_inference._queue import RequestQueue, oldest
 from batch_inference._request import Request
 from batch_inference._worker import Scatter, Worker
 from batch_inference.batcher import BatchLimits, ConcatBatcher, RequestInfo
+from batch_inference.batcher.base import Selection
 from batch_inference.stats import StatsRecorder
 
 WAIT_S = 30.0
@@ -169,7 +170,7 @@ def test_after_stop_returns_true_no_thread_the_host_started_is_alive(ending: str
 
     host = ModelHost(model_obj=Model(), num_workers=2, max_batch_size=4).start()
     futures = [host.submit(row(i)) for i in range(40)]
-    assert len(host_threads() - before) == 5  # 2 model threads, 2 prefetchers, 1 scatter
+    assert len(host_threads() - before) == 4  # 2 model threads, 2 prefetch threads
     assert host.stop(cancel_pending=ending == "cancel", timeout=WAIT_S) is True
     assert host_threads() - before == set()
     for future in futures:  # every caller was answered
@@ -201,7 +202,7 @@ def test_stop_from_inside_predict_batch_says_false_and_the_threads_end_by_themse
 
 # ----------------------------------------------------------------------------- parts alone
 def request(value: float, deadline_s: float | None = None) -> Request:
-    return Request((row(value),), RequestInfo(), time.monotonic(), deadline_s, "future")
+    return Request((row(value),), RequestInfo(), time.monotonic(), deadline_s)
 
 
 class FakePort:
@@ -212,7 +213,6 @@ class FakePort:
         self.expired: list[Request] = []
         self.lowered: list[int] = []
         self.failures: list[BaseException] = []
-        self.finished = threading.Event()
 
     def limits(self) -> BatchLimits:
         return self._limits
@@ -227,32 +227,83 @@ class FakePort:
     def fail(self, cause: BaseException, batch: list[Request]) -> None:
         self.failures.append(cause)
 
-    def worker_finished(self) -> None:
-        self.finished.set()
 
-
-def test_the_queue_takes_ahead_only_while_busy_and_holds_what_it_took() -> None:
+def test_the_queue_takes_what_is_chosen_and_counts_what_it_did_not_start() -> None:
     queue = RequestQueue(None)
-    batcher = ConcatBatcher(tensor="pt")
-    limits = BatchLimits(2)
-    held = threading.Event()
-    busy = [False]
-    items = [request(i) for i in range(3)]
+    items = [request(i) for i in range(4)]
     for item in items:
         queue.put(item)
-    assert queue.take_ahead(batcher, lambda: limits, lambda: busy[0], held.set) == []
-    busy[0] = True
-    chosen = queue.take_ahead(batcher, lambda: limits, lambda: busy[0], held.set)
-    assert chosen == items[:2] and held.is_set()
-    assert len(queue) == 3  # held requests still count as waiting
-    assert not items[0].future.running()  # held, not started
-    assert items[1].future.cancel()  # so it can still be cancelled
-    assert queue.start(chosen, lambda r: None) == [items[0]]
-    assert items[0].future.running()
+    nothing = lambda waiting, now_s: Selection()  # noqa: E731
+    assert queue.take(nothing, None, wait=False) == []  # nothing chosen: nothing taken
+    chosen = queue.take(lambda waiting, now_s: Selection((0, 2)), None, wait=False)
+    assert chosen == [items[0], items[2]] and len(queue) == 4  # taken, not started: waiting
+    assert not items[0].future.running()
+    queue.release(2)
+    assert len(queue) == 2
+    assert queue.take(oldest(5), lambda r: None) == [items[1], items[3]]  # started
+    assert items[1].future.running() and len(queue) == 0
     queue.close()
-    assert queue.take(batcher, lambda: limits, lambda r: None) == [items[2]]
-    assert queue.take(batcher, lambda: limits, lambda r: None) is None
-    assert queue.take_ahead(batcher, lambda: limits, lambda: True, held.set) is None
+    assert queue.take(nothing, None, wait=False) is None  # closed and empty
+    assert not queue.wait_for(1)
+
+
+def test_the_queue_wakes_a_watcher_once_enough_requests_wait() -> None:
+    queue = RequestQueue(None)
+    woke = threading.Event()
+    watching = threading.Event()
+
+    def watch() -> None:
+        watching.set()
+        if queue.wait_for(3):
+            woke.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert watching.wait(WAIT_S)
+    queue.put(request(0))
+    queue.put(request(1))
+    assert not woke.is_set()  # two are not enough
+    queue.put(request(2))
+    assert woke.wait(WAIT_S)
+    watcher.join(WAIT_S)
+
+
+def test_the_prefetcher_takes_ahead_only_while_busy_and_holds_what_it_took() -> None:
+    queue = RequestQueue(None)
+    prepared: list[list[Request]] = []
+    ready = threading.Event()
+
+    def prepare(requests: list[Request]) -> Prepared:
+        prepared.append(requests)
+        ready.set()
+        return Prepared(requests)
+
+    prefetcher = Prefetcher(queue, ConcatBatcher(tensor="pt"), lambda: BatchLimits(2),
+                            lambda r: None, prepare, lambda requests, outputs, context: None,
+                            lambda error, batch: None, name="batch_inference-test-prefetch")
+    items = [request(i) for i in range(4)]
+    for item in items[:3]:
+        queue.put(item)
+    prefetcher.thread.start()
+    # The model is idle: its own thread takes (and starts) the batch, not the prefetcher.
+    assert prefetcher.next() == items[:2] and items[0].future.running()
+    queue.put(items[3])  # now busy, and two wait: a full batch is taken ahead
+    assert ready.wait(WAIT_S)
+    assert prepared == [items[2:]]
+    assert len(queue) == 2 and not items[2].future.running()  # held, not started
+    assert items[3].future.cancel() and prefetcher.discard(items[3])  # still cancellable
+    assert len(queue) == 1
+    prefetcher.ran()
+    taken_ahead = prefetcher.next()
+    assert isinstance(taken_ahead, Prepared)
+    assert prefetcher.start(taken_ahead.requests) == [items[2]] and items[2].future.running()
+    assert len(queue) == 0
+    queue.close()
+    prefetcher.ran()
+    assert prefetcher.next() is None
+    prefetcher.stop()
+    prefetcher.thread.join(WAIT_S)
+    assert not prefetcher.thread.is_alive()
 
 
 def test_a_worker_runs_batches_from_its_queue_without_a_host() -> None:
@@ -260,26 +311,20 @@ def test_a_worker_runs_batches_from_its_queue_without_a_host() -> None:
     batcher = ConcatBatcher(tensor="pt")
     stats = StatsRecorder()
     port = FakePort(BatchLimits(8))
-    fatal: list[BaseException] = []
-    scatter = Scatter(batcher, stats, lambda error, batch: fatal.append(error))
+    scatter = Scatter(batcher, stats)
     worker = Worker(0, lambda x: x * 3, None, queue=queue, batcher=batcher, scatter=scatter,
                     stats=stats, isolate_failures=True, scheduler=port)
-    scatter.thread.start()
     worker.start()
     expired = request(9, deadline_s=time.monotonic() - 1.0)
     live = [request(i) for i in range(5)]
     for item in [expired, *live]:
         queue.put(item)
     assert [r.future.result(WAIT_S)[0, 0].item() for r in live] == [0.0, 3.0, 6.0, 9.0, 12.0]
-    queue.close()
-    assert port.finished.wait(WAIT_S)
+    queue.close()  # how a worker ends: its queue closes and drains
     for thread in worker.threads:
         thread.join(WAIT_S)
         assert not thread.is_alive()
-    scatter.close()
-    scatter.thread.join(WAIT_S)
-    assert not scatter.thread.is_alive()
-    assert port.expired == [expired] and port.failures == [] and fatal == []
+    assert port.expired == [expired] and port.failures == []
     assert stats.snapshot(6, 0).completed == 5
 
 
@@ -287,7 +332,7 @@ def test_a_worker_lowers_the_limit_through_its_port_after_out_of_memory() -> Non
     queue = RequestQueue(None)
     batcher = ConcatBatcher(tensor="pt")
     port = FakePort(BatchLimits(8))
-    scatter = Scatter(batcher, StatsRecorder(), lambda error, batch: None)
+    scatter = Scatter(batcher, StatsRecorder())
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > 1:
@@ -299,13 +344,13 @@ def test_a_worker_lowers_the_limit_through_its_port_after_out_of_memory() -> Non
     items = [request(i) for i in range(4)]
     for item in items:
         queue.put(item)
-    scatter.thread.start()
     worker.start()
     assert [r.future.result(WAIT_S)[0, 0].item() for r in items] == [0.0, 1.0, 2.0, 3.0]
     assert port.lowered and port.lowered[0] == 4
     queue.close()
-    assert port.finished.wait(WAIT_S)
-    scatter.close()
+    for thread in worker.threads:
+        thread.join(WAIT_S)
+        assert not thread.is_alive()
 
 
 def test_a_prefetcher_prepares_a_full_batch_ahead_while_its_model_runs() -> None:
@@ -321,6 +366,7 @@ def test_a_prefetcher_prepares_a_full_batch_ahead_while_its_model_runs() -> None
 
     fatal: list[BaseException] = []
     prefetcher = Prefetcher(queue, batcher, lambda: limits, lambda r: None, prepare,
+                            lambda requests, outputs, context: None,
                             lambda error, batch: fatal.append(error), name="test-prefetch")
     prefetcher.thread.start()
     first = request(0)
@@ -340,33 +386,73 @@ def test_a_prefetcher_prepares_a_full_batch_ahead_while_its_model_runs() -> None
     assert not prefetcher.thread.is_alive() and fatal == []
 
 
-def test_the_scatter_answers_on_its_thread_and_reports_a_fatal_error() -> None:
+def test_the_scatter_answers_a_batch_and_lets_a_base_exception_through() -> None:
     batcher = ConcatBatcher(tensor="pt")
-    fatal: list[tuple[BaseException, list[Request]]] = []
-    scatter = Scatter(batcher, StatsRecorder(), lambda error, batch: fatal.append((error, batch)))
-    scatter.thread.start()
+    stats = StatsRecorder()
+    scatter = Scatter(batcher, stats)
     items = [request(1), request(2)]
+    for item in items:
+        item.future.set_running_or_notify_cancel()
     args, context = batcher.batch([r.args for r in items])
-    scatter.later(items, args[0] * 2, context)
-    assert [r.future.result(WAIT_S)[0, 0].item() for r in items] == [2.0, 4.0]
+    scatter.now(items, args[0] * 2, context)
+    assert [r.future.result(0)[0, 0].item() for r in items] == [2.0, 4.0]
+    assert stats.snapshot(2, 0).completed == 2
 
     class Exits(ConcatBatcher):
         def unbatch(self, outputs: Any, context: Any) -> list[Any]:
             raise SystemExit("unbatch exits")
 
-    dying = Scatter(Exits(tensor="pt"), StatsRecorder(),
-                    lambda error, batch: fatal.append((error, batch)))
-    dying.thread.start()
     doomed = [request(3)]
-    dying.later(doomed, torch.ones(1, 2), context)
-    dying.close()
-    dying.thread.join(WAIT_S)
-    assert not dying.thread.is_alive()
-    assert len(fatal) == 1 and isinstance(fatal[0][0], SystemExit) and fatal[0][1] == doomed
-    scatter.close()
-    scatter.thread.join(WAIT_S)
-    assert not scatter.thread.is_alive()
+    with pytest.raises(SystemExit):  # whoever called it breaks the host
+        Scatter(Exits(tensor="pt"), stats).now(doomed, torch.ones(1, 2), context)
+    assert not doomed[0].future.done()
     assert isinstance(items[0].future, Future)
+
+
+def test_the_prefetch_thread_answers_a_batch_handed_over_and_reports_a_fatal_error() -> None:
+    """With a prepared batch waiting, the model thread hands its finished batch back; the
+    prefetch thread answers it (a BaseException there breaks the host, and the batches
+    behind it are still answered)."""
+    queue = RequestQueue(None)
+    batcher = ConcatBatcher(tensor="pt")
+    answered: list[tuple[list[Request], threading.Thread]] = []
+    fatal: list[tuple[BaseException, list[Request]]] = []
+    done = threading.Event()
+
+    def answer(requests: list[Request], outputs: Any, context: Any) -> None:
+        if outputs == "exit":
+            raise SystemExit("unbatch exits")
+        answered.append((requests, threading.current_thread()))
+        done.set()
+
+    prepared = threading.Event()
+
+    def prepare(requests: list[Request]) -> Prepared:
+        prepared.set()
+        return Prepared(requests)
+
+    prefetcher = Prefetcher(queue, batcher, lambda: BatchLimits(1), lambda r: None, prepare,
+                            answer, lambda error, batch: fatal.append((error, batch)),
+                            name="batch_inference-test-prefetch")
+    prefetcher.thread.start()
+    first, second, third = request(1), request(2), request(3)
+    queue.put(first)
+    assert prefetcher.next() == [first]
+    assert not prefetcher.answer_later([first], "out", None)  # nothing prepared: answer inline
+    queue.put(second)
+    assert prepared.wait(WAIT_S)  # the model is busy: the next one is prepared
+    assert prefetcher.answer_later([first], "exit", None)  # handed over
+    assert prefetcher.answer_later([third], "out", None)  # and the one behind it
+    prefetcher.ran()
+    assert isinstance(prefetcher.next(), Prepared)  # taking the slot wakes the prefetch thread
+    assert done.wait(WAIT_S)
+    assert answered == [([third], prefetcher.thread)]
+    assert len(fatal) == 1 and isinstance(fatal[0][0], SystemExit) and fatal[0][1] == [first]
+    prefetcher.ran()
+    queue.close()
+    prefetcher.stop()
+    prefetcher.thread.join(WAIT_S)
+    assert not prefetcher.thread.is_alive()
 
 
 # ----------------------------------------------------------------------------- devices

@@ -15,14 +15,13 @@ none it blocks on the queue until a request comes or the queue closes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import CancelledError
-from typing import Any, Literal
+from typing import Literal
 
 from .._checks import timeout_message
-from .._queue import RequestQueue
+from .._queue import RequestQueue, oldest
 from .._request import Request, settle
-from ..batcher.base import Batcher, BatchLimits
 from ..errors import HostStoppedError, RequestTimeoutError
 from .protocol import RunningBatch, StepModel, greedy_tokens
 from .stats import GenerationRecorder
@@ -30,19 +29,6 @@ from .stream import TokenStream, publish
 
 #: ``continuous``: requests join at every step boundary; ``static``: only when the batch is empty.
 Policy = Literal["continuous", "static"]
-
-
-class _ArrivalOrder(Batcher):
-    """Selects the oldest waiting requests for :meth:`RequestQueue.take` (nothing is batched)."""
-
-    def batch(self, requests: Sequence[tuple[Any, ...]]) -> tuple[tuple[Any, ...], Any]:
-        return (list(requests),), None
-
-    def unbatch(self, outputs: Any, context: Any) -> list[Any]:
-        return list(outputs)
-
-
-_ARRIVAL_ORDER = _ArrivalOrder()
 
 
 def stream_of(request: Request) -> TokenStream:
@@ -98,7 +84,6 @@ class DecodeLoop:
         self._deferred_steps = 0  # steps that requests waited while rows were free
         #: Set by ``stop(cancel_pending=True)``: running rows get HostStoppedError.
         self.aborting = False
-        self._limits = BatchLimits(max_batch_size)
         self._rows: list[Request] = []
         self._batch: RunningBatch | None = None
         self._next: list[int] = []  # the token each row is fed at the next step
@@ -116,12 +101,13 @@ class DecodeLoop:
     def _turn(self) -> bool:
         """One step boundary and one step; ``False`` once there is nothing left to do."""
         self._sweep()
-        if not self._rows:
-            joining = self.queue.take(_ARRIVAL_ORDER, lambda: self._limits, self.expire)
+        if not self._rows:  # nothing to decode: wait for the oldest requests
+            joining = self.queue.take(oldest(self.max_batch_size), self.expire)
             if joining is None:
                 return False
         elif self._may_join():
-            joining = self.queue.take_ready(self.max_batch_size - len(self._rows), self.expire)
+            free = self.max_batch_size - len(self._rows)
+            joining = self.queue.take(oldest(free), self.expire, wait=False)
         else:
             joining = []
         if joining:
@@ -234,7 +220,7 @@ class DecodeLoop:
     # ------------------------------------------------------------------ endings
     def expire(self, request: Request) -> None:
         """A request's deadline passed (queued or running): it gets RequestTimeoutError."""
-        self._fail([request], RequestTimeoutError(timeout_message(request)), "timed_out")
+        self._fail([request], RequestTimeoutError(timeout_message(request.enqueued_s)), "timed_out")
 
     def _fail(self, requests: list[Request], error: BaseException, outcome: str) -> None:
         fail(requests, error, outcome, self.recorder)

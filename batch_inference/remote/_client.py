@@ -23,9 +23,9 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from .._future import LightFuture, settle
 from ..errors import HostNotRunningError, HostStoppedError, RemoteHostLostError, WireFormatError
 from . import _wire
-from ._calls import Waiter, settle
 from ._wakeup import Wakeup
 
 __all__ = ["RemoteClient"]
@@ -34,7 +34,7 @@ _Outgoing = tuple[int, float | None, _wire.Encoded]
 
 
 class RemoteClient:
-    """Send requests to the server on ``path``: :meth:`submit` (a Future) or :meth:`call` (blocks).
+    """Send requests to the server on ``path``: :meth:`submit` (a Future) or :meth:`send`.
 
     Parameters
     ----------
@@ -69,7 +69,7 @@ class RemoteClient:
         self._cancels: collections.deque[int] = collections.deque()
         # Whoever pops a call's entry settles it (the I/O thread) or abandons it (its caller):
         # dict.pop is atomic, so each call is settled exactly once.
-        self._pending: dict[int, Future[Any] | Waiter] = {}
+        self._pending: dict[int, Future[Any] | LightFuture] = {}
         self._sent_seq: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
         self._ids = itertools.count()
         self._seqs = itertools.count()
@@ -106,24 +106,14 @@ class RemoteClient:
         future.add_done_callback(lambda f: self._on_done(request_id, f))
         return future
 
-    def call(self, args: tuple[Any, ...], deadline_s: float | None) -> Any:
-        """Send one request and block for its outcome (``TimeoutError`` at the deadline)."""
-        waiter = Waiter()
-        request_id = self._queue(args, deadline_s, waiter)
-        wait_s = None if deadline_s is None else max(0.0, deadline_s - time.monotonic())
-        try:
-            arrived = waiter.wait(wait_s)
-        except BaseException:  # e.g. KeyboardInterrupt: drop the call, or let it land
-            if not self._abandon(request_id):
-                waiter.wait(None)
-            raise
-        if not arrived:
-            if self._abandon(request_id):
-                raise TimeoutError
-            waiter.wait(None)  # the deadline fired as the outcome arrived: take the outcome
-        return waiter.outcome()
+    def send(self, args: tuple[Any, ...], deadline_s: float | None,
+             loop: Any = None) -> tuple[LightFuture, int]:
+        """Queue one request: the light future its one caller waits on (awaits, with an
+        event ``loop``), and its id, for :meth:`abandon`."""
+        future = LightFuture(loop)
+        return future, self._queue(args, deadline_s, future)
 
-    def _abandon(self, request_id: int) -> bool:
+    def abandon(self, request_id: int, reason: str = "cancelled") -> bool:
         """Drop a call its caller gave up on; ``False`` if the I/O thread is settling it.
 
         (The I/O thread pops an entry and settles it at once, so a caller that
@@ -136,7 +126,7 @@ class RemoteClient:
         return True
 
     def _queue(self, args: tuple[Any, ...], deadline_s: float | None,
-               call: Future[Any] | Waiter) -> int:
+               call: Future[Any] | LightFuture) -> int:
         if self._closing:
             raise HostNotRunningError("the remote host is stopped: call start() first")
         if not self._connected:
@@ -225,7 +215,7 @@ class RemoteClient:
                 _, call = self._pending.popitem()
             except KeyError:
                 return  # a caller popped the last one meanwhile
-            settle(call, error, ok=False)
+            settle([(call, error, True)])
 
     def _send(self, header: dict[str, Any], buffers: list[Any]) -> bool:
         header["v"] = _wire.PROTOCOL_VERSION
@@ -287,7 +277,7 @@ class RemoteClient:
     def _settle(self, request_id: int, outcome: Any, ok: bool = False) -> None:
         call = self._pending.pop(request_id, None)
         if call is not None:
-            settle(call, outcome, ok)
+            settle([(call, outcome, not ok)])
 
     def _send_outgoing(self) -> None:
         if not self._outgoing and not self._cancels:

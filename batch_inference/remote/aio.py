@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from typing import Any
 
 from ..batcher.base import Batcher
-from ..errors import HostNotRunningError, RequestTimeoutError
 from .host import RemoteModelHost
 
 __all__ = ["AsyncRemoteModelHost"]
@@ -57,30 +55,7 @@ class AsyncRemoteModelHost:
 
     async def predict(self, *args: Any, timeout: float | None = None) -> Any:
         """Run one request through the shared model; see ``RemoteModelHost.predict``."""
-        host = self.sync_host
-        if host.is_server:
-            return await host.local_host.predict_async(*args, timeout=timeout)
-        client = host._client
-        if client is None:
-            raise HostNotRunningError(
-                "the remote host is not running: call `await start()` (or `async with`) first")
-        deadline_s = host._deadline(timeout)
-        future = client.submit(args, deadline_s)
-        loop = asyncio.get_running_loop()
-        waiter = asyncio.wrap_future(future, loop=loop)
-        try:
-            if deadline_s is None:
-                return await waiter
-            async with asyncio.timeout(max(0.0, deadline_s - time.monotonic())):
-                return await asyncio.shield(waiter)
-        except TimeoutError:
-            if future.done() and not future.cancelled():
-                return future.result()
-            future.cancel()
-            raise RequestTimeoutError(f"no result within the deadline of {timeout} s") from None
-        except BaseException:
-            future.cancel()
-            raise
+        return await self.sync_host.predict_async(*args, timeout=timeout)
 
     async def __aenter__(self) -> AsyncRemoteModelHost:
         return await self.start()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from .._checks import checked_timeout, positive_int
+from .._checks import positive_int
+from .._future import wait_async, wait_blocking
+from .._request import deadline_of
 from ..batcher.base import Batcher
 from ..errors import ConfigurationError, HostNotRunningError, RemoteHostLostError
-from ..errors import RequestTimeoutError as _RequestTimeoutError
 from ..host import ModelHost
 from ._election import ServerLock, check_port, socket_path
 
@@ -182,24 +184,18 @@ class RemoteModelHost:
         self.stop()
 
     # ------------------------------------------------------------------ calls
+    # Served here: the local host's own door. Connected: the client sends the request
+    # and the caller waits on its light future, as a local caller would (``_future.py``).
     def submit(self, *args: Any, timeout: float | None = None) -> Future[Any]:
         """Send one request; its :class:`concurrent.futures.Future` gets the outcome.
 
         Cancelling the future tells the server to drop the request if its batch
         has not started.
         """
-        server, client = self._server, self._client
-        if server is not None:
+        if self._server is not None:
             return self.local_host.submit(*args, timeout=timeout)
-        if client is None:
-            raise HostNotRunningError(
-                "the remote host is not running: call start() (or use `with host:`) first")
-        return client.submit(args, self._deadline(timeout))
-
-    def _deadline(self, timeout: float | None) -> float | None:
-        timeout = (self.local_host.default_timeout_s if timeout is None
-                   else checked_timeout(timeout))
-        return None if timeout is None else time.monotonic() + timeout
+        deadline_s = deadline_of(timeout, self.local_host.default_timeout_s, time.monotonic())
+        return self._connected().submit(args, deadline_s)
 
     def predict(self, *args: Any, timeout: float | None = None) -> Any:
         """Run one request through the shared model; block for its result.
@@ -211,16 +207,28 @@ class RemoteModelHost:
         """
         if self._server is not None:
             return self.local_host.predict(*args, timeout=timeout)
+        client = self._connected()
+        now_s = time.monotonic()
+        deadline_s = deadline_of(timeout, self.local_host.default_timeout_s, now_s)
+        future, request_id = client.send(args, deadline_s)
+        return wait_blocking(future, deadline_s, client.abandon, request_id, now_s)
+
+    async def predict_async(self, *args: Any, timeout: float | None = None) -> Any:
+        """Awaitable :meth:`predict`; cancelling the awaiting task drops the request."""
+        if self._server is not None:
+            return await self.local_host.predict_async(*args, timeout=timeout)
+        client = self._connected()
+        now_s = time.monotonic()
+        deadline_s = deadline_of(timeout, self.local_host.default_timeout_s, now_s)
+        future, request_id = client.send(args, deadline_s, asyncio.get_running_loop())
+        return await wait_async(future, deadline_s, client.abandon, request_id, now_s)
+
+    def _connected(self) -> RemoteClient:
         client = self._client
         if client is None:
             raise HostNotRunningError(
                 "the remote host is not running: call start() (or use `with host:`) first")
-        try:
-            return client.call(args, self._deadline(timeout))
-        except TimeoutError as error:
-            if isinstance(error, _RequestTimeoutError):
-                raise  # the call's own outcome (the server's deadline, or the model's error)
-            raise _RequestTimeoutError(f"no result within the deadline of {timeout} s") from None
+        return client
 
 
 def _require_pyzmq() -> None:

@@ -26,6 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ..errors import HostNotRunningError, HostStoppedError, RemoteHostLostError, WireFormatError
 from . import _wire
 from ._calls import Waiter, settle
+from ._inflight import InFlight
 from ._wakeup import Wakeup
 
 __all__ = ["RemoteClient"]
@@ -70,7 +71,7 @@ class RemoteClient:
         # Whoever pops a call's entry settles it (the I/O thread) or abandons it (its caller):
         # dict.pop is atomic, so each call is settled exactly once.
         self._pending: dict[int, Future[Any] | Waiter] = {}
-        self._sent_seq: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
+        self._in_flight = InFlight()  # the I/O thread's: which calls each sent message carries
         self._ids = itertools.count()
         self._seqs = itertools.count()
         self._welcomed = threading.Event()
@@ -95,6 +96,11 @@ class RemoteClient:
     def pending_count(self) -> int:
         """Calls sent or queued whose outcome has not arrived."""
         return len(self._pending)
+
+    @property
+    def messages_in_flight(self) -> int:
+        """Sent messages with a call still unsettled (what a ``refused`` reply may name)."""
+        return len(self._in_flight)
 
     def submit(self, args: tuple[Any, ...], deadline_s: float | None) -> Future[Any]:
         """Queue one request; its future gets the result or a typed error.
@@ -215,6 +221,7 @@ class RemoteClient:
         if self._connected:  # keep the first reason (a "bye" before its disconnect)
             self._lost_reason = reason
         self._connected = False
+        self._in_flight.clear()
         self._fail_all(RemoteHostLostError(f"lost the server on {self.path.name}: {reason}"))
 
     def _fail_all(self, error: BaseException) -> None:
@@ -264,7 +271,7 @@ class RemoteClient:
         elif kind == "refused":
             error = _wire.error_from_payload(header.get("error"))
             seq = header.get("seq")
-            for request_id in self._sent_seq.pop(seq, []) if type(seq) is int else []:
+            for request_id in self._in_flight.refused(seq) if type(seq) is int else []:
                 self._settle(request_id, error)
         elif kind == "bye":
             self._lose("the server stopped")
@@ -285,6 +292,7 @@ class RemoteClient:
             self._settle(item["id"], _wire.error_from_payload(item.get("error")))
 
     def _settle(self, request_id: int, outcome: Any, ok: bool = False) -> None:
+        self._in_flight.settled(request_id)  # before its caller can see the outcome
         call = self._pending.pop(request_id, None)
         if call is not None:
             settle(call, outcome, ok)
@@ -298,6 +306,8 @@ class RemoteClient:
             self._cancels.clear()
             return
         cancels = [self._cancels.popleft() for _ in range(len(self._cancels))]
+        for request_id in cancels:
+            self._in_flight.settled(request_id)  # its caller gave up on it
         items: list[dict[str, Any]] = []
         buffers: list[Any] = []
         size = 0
@@ -316,9 +326,8 @@ class RemoteClient:
             buffers.extend(encoded.buffers)
             size += encoded.nbytes
         seq = next(self._seqs)
-        self._sent_seq[seq] = [item["id"] for item in items]
-        while len(self._sent_seq) > 256:
-            self._sent_seq.popitem(last=False)
+        # Kept until each of its calls is settled: a "refused" naming it may come at any time.
+        self._in_flight.sent(seq, [item["id"] for item in items])
         if not self._send({"kind": "call", "seq": seq, "items": items, "cancel": cancels},
                           buffers):
             self._lose("could not send to the server")

@@ -78,7 +78,8 @@ class RemoteClient:
         self._idle = threading.Event()
         self._connected = False
         self._lost_reason = "no server has answered yet"
-        self._closing = False
+        self._refusing = False  # close() began: new calls are refused
+        self._closing = False  # close() is done with the calls: the I/O thread ends
         self._thread = threading.Thread(target=self._loop, name="batch-inference-client",
                                         daemon=True)
         self._thread.start()
@@ -143,7 +144,7 @@ class RemoteClient:
 
     def _queue(self, args: tuple[Any, ...], deadline_s: float | None,
                call: Future[Any] | Waiter) -> int:
-        if self._closing:
+        if self._refusing:
             raise HostNotRunningError("the remote host is stopped: call start() first")
         if not self._connected:
             raise RemoteHostLostError(f"no server on {self.path.name}: {self._lost_reason}")
@@ -164,20 +165,25 @@ class RemoteClient:
             self._cancels.append(request_id)  # tell the server to drop it
             self._wakeup.set()
 
-    def close(self, timeout_s: float | None = None) -> bool:
+    def close(self, timeout_s: float | None = None, cancel_pending: bool = False) -> bool:
         """Wait (up to ``timeout_s``) for pending calls, then fail the rest and disconnect.
 
+        With ``cancel_pending`` nothing is waited for. The server is asked to
+        drop every call failed here (those whose batch has not started).
         Returns ``True`` when no call was left to fail.
         """
-        self._closing = True
+        self._refusing = True
         deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._pending and self._connected:
+        while self._pending and self._connected and not cancel_pending:
             wait_s = 0.1 if deadline_s is None else min(0.1, deadline_s - time.monotonic())
             if wait_s <= 0:
                 break
             self._idle.wait(wait_s)  # set by the I/O thread when nothing is pending
         finished = not self._pending
-        self._fail_all(HostStoppedError("the remote host was stopped before this call finished"))
+        dropped = self._fail_all(
+            HostStoppedError("the remote host was stopped before this call finished"))
+        self._cancels.extend(dropped)  # sent by the I/O thread's last turn (see _loop)
+        self._closing = True
         self._wakeup.set()
         self._thread.join(5.0)
         self._wakeup.close()
@@ -189,6 +195,7 @@ class RemoteClient:
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         poller.register(self._wakeup.fd, zmq.POLLIN)
+        linger_ms = 0
         try:
             while not self._closing:
                 events = dict(poller.poll(1000))
@@ -200,10 +207,13 @@ class RemoteClient:
                     self._on_monitor()
                 self._wakeup.clear()
                 self._send_outgoing()
+            if self._cancels and self._connected:  # close() failed calls: the server drops them
+                self._send_outgoing()
+                linger_ms = 200  # a bounded moment for that last message to leave
         finally:
             self._socket.disable_monitor()
             self._monitor.close(0)
-            self._socket.close(0)
+            self._socket.close(linger_ms)
             self._context.term()
 
     def _on_monitor(self) -> None:
@@ -224,15 +234,19 @@ class RemoteClient:
         self._in_flight.clear()
         self._fail_all(RemoteHostLostError(f"lost the server on {self.path.name}: {reason}"))
 
-    def _fail_all(self, error: BaseException) -> None:
+    def _fail_all(self, error: BaseException) -> list[int]:
+        """Fail every pending call with ``error``; returns their ids."""
         while self._outgoing:
             self._outgoing.popleft()
+        failed: list[int] = []
         while self._pending:
             try:
-                _, call = self._pending.popitem()
+                request_id, call = self._pending.popitem()
             except KeyError:
-                return  # a caller popped the last one meanwhile
+                break  # a caller popped the last one meanwhile
             settle(call, error, ok=False)
+            failed.append(request_id)
+        return failed
 
     def _send(self, header: dict[str, Any], buffers: list[Any]) -> bool:
         header["v"] = _wire.PROTOCOL_VERSION

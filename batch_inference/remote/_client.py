@@ -170,7 +170,8 @@ class RemoteClient:
 
         With ``cancel_pending`` nothing is waited for. The server is asked to
         drop every call failed here (those whose batch has not started).
-        Returns ``True`` when no call was left to fail.
+        Returns ``True`` when the I/O thread ended and no call was left to fail
+        (with ``cancel_pending``: when the I/O thread ended).
         """
         self._refusing = True
         deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
@@ -179,7 +180,7 @@ class RemoteClient:
             if wait_s <= 0:
                 break
             self._idle.wait(wait_s)  # set by the I/O thread when nothing is pending
-        finished = not self._pending
+        finished = cancel_pending or not self._pending
         dropped = self._fail_all(
             HostStoppedError("the remote host was stopped before this call finished"))
         self._cancels.extend(dropped)  # sent by the I/O thread's last turn (see _loop)
@@ -187,7 +188,7 @@ class RemoteClient:
         self._wakeup.set()
         self._thread.join(5.0)
         self._wakeup.close()
-        return finished
+        return finished and not self._thread.is_alive()
 
     # ------------------------------------------------------------------ I/O thread
     def _loop(self) -> None:

@@ -81,7 +81,7 @@ class ModelHost(RequestFronts, HostLifecycle):
     model_args, model_kwargs:
         Arguments for ``model_cls``.
 
-    Its lifecycle is every host's (``batch_inference._lifecycle``): :meth:`start`
+    Its lifecycle is every host's: :meth:`start`
     on a started host raises
     :class:`~batch_inference.errors.HostAlreadyRunningError`; :meth:`stop`
     drains (or cancels) and may be followed by a new :meth:`start`;
@@ -130,7 +130,7 @@ class ModelHost(RequestFronts, HostLifecycle):
     ) -> ModelHost:
         """A host with settings checked earlier (``@batching`` and the remote host use it).
 
-        ``settings`` is a :class:`~batch_inference._settings.HostSettings`
+        ``settings`` is a frozen ``HostSettings``
         (e.g. another host's :attr:`settings`); it is used as it is.
         """
         host = cls.__new__(cls)

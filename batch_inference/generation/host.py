@@ -78,7 +78,7 @@ class GenerationHost(HostLifecycle):
     Every caller gets exactly the tokens greedy decoding of its prompt alone
     gives, whatever shares its batch and whenever it joined.
 
-    Its lifecycle is every host's (``batch_inference._lifecycle``): a second
+    Its lifecycle is every host's: a second
     :meth:`start` raises :class:`~batch_inference.errors.HostAlreadyRunningError`;
     once the model raised a ``BaseException`` the host is :attr:`broken` (not
     :attr:`running`) until it is stopped and started again; ``with`` and

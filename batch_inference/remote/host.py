@@ -54,7 +54,7 @@ class RemoteModelHost(HostLifecycle):
     :class:`~batch_inference.errors.HostStoppedError` and the server drops those
     whose batch has not started.
 
-    **Lifecycle**, every host's (``batch_inference._lifecycle``): :meth:`start`
+    **Lifecycle**, every host's: :meth:`start`
     on a started host raises
     :class:`~batch_inference.errors.HostAlreadyRunningError` (a
     ``RuntimeError``, as batch-inference 1.0's remote host raises);

@@ -59,6 +59,24 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
+def positive_seconds(name: str, value: Any) -> float:
+    """A setting in seconds that must be a number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def optional_seconds(name: str, value: Any) -> float | None:
+    """A setting in seconds: ``None`` or a number > 0 (infinity means ``None``)."""
+    if value is None:
+        return None
+    try:
+        return checked_timeout(value)
+    except InvalidRequestError:
+        raise ConfigurationError(
+            f"{name} must be a number of seconds > 0, got {value!r}") from None
+
+
 def non_negative(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")

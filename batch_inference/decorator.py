@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+from ._settings import HostSettings
 from .batcher.base import Batcher
 from .errors import ConfigurationError
 from .host import ModelHost
@@ -82,18 +83,15 @@ def batching(
                 f"@batching decorates a class, got {cls!r} (its first positional argument "
                 "may also be a Batcher instance: @batching(batcher, max_batch_size))"
             )
-        # Build (and throw away) a host now: validates every setting at decoration time.
-        ModelHost(cls, batcher=batcher, max_batch_size=max_batch_size, **host_options)
+        if not callable(getattr(cls, "predict_batch", None)):
+            raise ConfigurationError(f"{cls!r} has no predict_batch method")
+        # Checked once, now (a bad value fails at import time); every host reuses them.
+        settings = HostSettings.build(batcher=batcher, max_batch_size=max_batch_size,
+                                      **host_options)
 
         def host(klass: type, *model_args: Any, **model_kwargs: Any) -> ModelHost:
-            return ModelHost(
-                klass,
-                batcher=batcher,
-                max_batch_size=max_batch_size,
-                model_args=model_args,
-                model_kwargs=model_kwargs,
-                **host_options,
-            )
+            return ModelHost.from_settings(settings, klass, model_args=model_args,
+                                           model_kwargs=model_kwargs)
 
         host.__doc__ = f"A :class:`ModelHost` serving ``{cls.__name__}.predict_batch``."
         cls.host = classmethod(host)  # type: ignore[attr-defined]

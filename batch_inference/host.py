@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ._checks import checked_timeout, non_negative, positional_range, positive_int
-from ._devices import as_device
+from ._checks import positional_range
 from ._future import LightFuture
+from ._lifecycle import HostLifecycle
 from ._request import make_request
 from ._scheduler import Scheduler
+from ._settings import HostSettings
 from .batcher.base import Batcher, BatchLimits
-from .batcher.concat_batcher import ConcatBatcher
-from .errors import (
-    ConfigurationError,
-    HostAlreadyRunningError,
-    HostNotRunningError,
-    InvalidRequestError,
-)
+from .errors import ConfigurationError, HostNotRunningError
 from .stats import HostStats, StatsRecorder
 
 __all__ = ["ModelHost"]
 
 
-class ModelHost:
+class ModelHost(HostLifecycle):
     """Serve ``predict_batch`` of a model to many concurrent callers.
 
     Callers send one request each (:meth:`predict` from threads,
@@ -89,6 +83,12 @@ class ModelHost:
         requests wait, even within the delay.
     model_args, model_kwargs:
         Arguments for ``model_cls``.
+
+    Its lifecycle is every host's: :meth:`start`
+    on a started host raises
+    :class:`~batch_inference.errors.HostAlreadyRunningError`; :meth:`stop`
+    drains (or cancels) and may be followed by a new :meth:`start`;
+    :attr:`running`, :attr:`broken`, ``with`` and ``async with`` as there.
     """
 
     def __init__(
@@ -111,64 +111,110 @@ class ModelHost:
         model_args: Sequence[Any] = (),
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        self._configure(
+            HostSettings.build(
+                batcher=batcher, max_batch_size=max_batch_size, max_delay_s=max_delay_s,
+                max_batch_tokens=max_batch_tokens, num_workers=num_workers, devices=devices,
+                max_queue_size=max_queue_size, default_timeout_s=default_timeout_s,
+                isolate_failures=isolate_failures, output_device=output_device,
+                wait_ms=wait_ms, wait_n=wait_n,
+            ),
+            model_cls, model_obj, model_args, model_kwargs,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: HostSettings,
+        model_cls: type | None = None,
+        model_obj: Any = None,
+        model_args: Sequence[Any] = (),
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> ModelHost:
+        """A host with settings checked earlier (``@batching`` and the remote host use it).
+
+        ``settings`` is a frozen ``HostSettings``
+        (e.g. another host's :attr:`settings`); it is used as it is.
+        """
+        host = cls.__new__(cls)
+        host._configure(settings, model_cls, model_obj, model_args, model_kwargs)
+        return host
+
+    def _configure(self, settings: HostSettings, model_cls: type | None, model_obj: Any,
+                   model_args: Sequence[Any], model_kwargs: dict[str, Any] | None) -> None:
         if (model_cls is None) == (model_obj is None):
             raise ConfigurationError("give exactly one of model_cls and model_obj")
         target = model_cls if model_cls is not None else model_obj
         if not callable(getattr(target, "predict_batch", None)):
             raise ConfigurationError(f"{target!r} has no predict_batch method")
-        if wait_ms is not None:
-            if max_delay_s:
-                raise ConfigurationError("give max_delay_s or wait_ms, not both")
-            max_delay_s = non_negative("wait_ms", wait_ms) / 1000.0
-        positive_int("max_batch_size", max_batch_size)
-        non_negative("max_delay_s", max_delay_s)
-        if max_batch_tokens is not None:
-            positive_int("max_batch_tokens", max_batch_tokens)
-        if wait_n is not None:
-            positive_int("wait_n", wait_n)
-        if devices is not None:
-            if len(devices) == 0:
-                raise ConfigurationError("devices must name at least one device, got []")
-            if model_obj is not None and len({str(d) for d in devices}) > 1:
-                raise ConfigurationError(
-                    f"model_obj is one object, so it serves one device, got devices={devices!r}: "
-                    "give model_cls to build one model per device"
-                )
-            num_workers = len(devices)
-        positive_int("num_workers", num_workers)
-        if max_queue_size is not None:
-            positive_int("max_queue_size", max_queue_size)
-        if default_timeout_s is not None:
-            try:
-                default_timeout_s = checked_timeout(default_timeout_s)
-            except InvalidRequestError:
-                raise ConfigurationError(
-                    f"default_timeout_s must be a number of seconds > 0, got {default_timeout_s!r}"
-                ) from None
-        if batcher is not None and not isinstance(batcher, Batcher):
-            raise ConfigurationError(f"batcher must be a Batcher instance, got {batcher!r}")
-
+        if (model_obj is not None and settings.devices is not None
+                and len({str(d) for d in settings.devices}) > 1):
+            raise ConfigurationError(
+                f"model_obj is one object, so it serves one device, got "
+                f"devices={list(settings.devices)!r}: give model_cls to build one model per device"
+            )
+        super().__init__()
+        self._settings = settings
         self.model_cls = model_cls
         self.model_obj = model_obj
-        self.batcher: Batcher = batcher if batcher is not None else ConcatBatcher()
-        self.num_workers = num_workers
-        self.devices = list(devices) if devices is not None else None
-        self.max_queue_size = max_queue_size
-        self.default_timeout_s = default_timeout_s
-        self.isolate_failures = isolate_failures
-        self.output_device = None if output_device is None else as_device(output_device)
         self.model_args: tuple[Any, ...] = tuple(model_args)
         self.model_kwargs: dict[str, Any] = dict(model_kwargs or {})
-        # The one source of the batch settings; a Scheduler holds the current (lowered) copy.
-        self._limits = BatchLimits(max_batch_size, max_batch_tokens, max_delay_s, wait_n)
         self._arg_range = positional_range(target.predict_batch, bound=model_obj is not None)
         self._models: list[Any] = []
         self._stats = StatsRecorder()
-        self._lifecycle = threading.Lock()
-        # The latest start's scheduler (kept after stop() for stats and its closed queue).
+        # The latest start's scheduler (kept after stop() for stats, broken and its limits).
         self._scheduler: Scheduler | None = None
-        self._started = False
         self._accepted_before = 0  # requests accepted by earlier starts
+
+    # ------------------------------------------------------------------ settings (read-only)
+    @property
+    def settings(self) -> HostSettings:
+        """Every setting, as checked once when the host (or its decorator) was made."""
+        return self._settings
+
+    @property
+    def batcher(self) -> Batcher:
+        return self._settings.batcher
+
+    @property
+    def max_batch_size(self) -> int:
+        """Most requests in one ``predict_batch`` call, as configured (see :attr:`batch_limit`)."""
+        return self._settings.max_batch_size
+
+    @property
+    def max_delay_s(self) -> float:
+        """Longest a request may be held back for companions, as configured."""
+        return self._settings.max_delay_s
+
+    @property
+    def max_batch_tokens(self) -> int | None:
+        """Most padded tokens in one batch, as configured, or ``None``."""
+        return self._settings.max_batch_tokens
+
+    @property
+    def num_workers(self) -> int:
+        return self._settings.num_workers
+
+    @property
+    def devices(self) -> list[Any] | None:
+        devices = self._settings.devices
+        return None if devices is None else list(devices)
+
+    @property
+    def max_queue_size(self) -> int | None:
+        return self._settings.max_queue_size
+
+    @property
+    def default_timeout_s(self) -> float | None:
+        return self._settings.default_timeout_s
+
+    @property
+    def isolate_failures(self) -> bool:
+        return self._settings.isolate_failures
+
+    @property
+    def output_device(self) -> Any:
+        return self._settings.output_device
 
     @property
     def models(self) -> tuple[Any, ...]:
@@ -176,78 +222,40 @@ class ModelHost:
         :meth:`start`; empty before it). ``model_obj`` stays as it was given."""
         return tuple(self._models)
 
-    @property
-    def max_batch_size(self) -> int:
-        """Most requests in one ``predict_batch`` call, as configured (see :attr:`batch_limit`)."""
-        return self._limits.max_batch_size
-
-    @property
-    def max_delay_s(self) -> float:
-        """Longest a request may be held back for companions, as configured."""
-        return self._limits.max_delay_s
-
-    @property
-    def max_batch_tokens(self) -> int | None:
-        """Most padded tokens in one batch, as configured, or ``None``."""
-        return self._limits.max_batch_tokens
-
-    # ------------------------------------------------------------------ lifecycle
     def __call__(self, *model_args: Any, **model_kwargs: Any) -> ModelHost:
         """Set the model's constructor arguments (batch-inference 1.0 style); returns ``self``."""
         self.model_args, self.model_kwargs = model_args, model_kwargs
         return self
 
-    @property
-    def running(self) -> bool:
-        """Whether the host accepts requests."""
-        scheduler = self._scheduler
-        return self._started and scheduler is not None and scheduler.broken is None
+    # ------------------------------------------------------------------ lifecycle
+    # start(), stop(), running, broken and the context managers: HostLifecycle.
+    def _describe(self) -> str:
+        target = self.model_cls if self.model_cls is not None else type(self.model_obj)
+        return f"the host serving {target.__name__}"
 
-    @property
-    def broken(self) -> bool:
-        """Whether a worker of the latest start died; the host then refuses every request.
-
-        It stays ``True`` after :meth:`stop`, until the next :meth:`start`.
-        """
+    def _run_broken(self) -> bool:
         scheduler = self._scheduler
         return scheduler is not None and scheduler.broken is not None
 
-    def start(self) -> ModelHost:
-        """Build the model(s) (once) and start a new scheduler with its workers.
-
-        Raises
-        ------
-        HostAlreadyRunningError
-            The host is running (also a ``RuntimeError``, as batch-inference
-            1.0 raises); call :meth:`stop` first.
-        """
-        with self._lifecycle:
-            if self._started:
-                raise HostAlreadyRunningError(
-                    f"the host serving {self._target_name()} is already running; stop() it first"
-                )
-            if not self._models:
-                self._models = self._build_models()
-            previous = self._scheduler
-            limits = self._limits
-            if previous is not None:  # a lowered batch limit holds for the host's life
-                self._accepted_before += previous.queue.accepted
-                limits = previous.limits()
-            devices = self.devices or [None] * self.num_workers
-            scheduler = Scheduler(
-                [(model.predict_batch, device) for model, device in zip(self._models, devices)],
-                batcher=self.batcher, limits=limits, stats=self._stats,
-                isolate_failures=self.isolate_failures, max_queue_size=self.max_queue_size,
-                output_device=self.output_device,
-            )
-            scheduler.start()
-            self._scheduler = scheduler
-            self._started = True
-            return self
-
-    def _target_name(self) -> str:
-        target = self.model_cls if self.model_cls is not None else type(self.model_obj)
-        return target.__name__
+    def _start_run(self) -> None:
+        """Build the model(s) (once) and start a new scheduler with its workers."""
+        if not self._models:
+            self._models = self._build_models()
+        previous = self._scheduler
+        limits: BatchLimits = self._settings.limits
+        if previous is not None:  # a lowered batch limit holds for the host's life
+            self._accepted_before += previous.queue.accepted
+            limits = previous.limits()
+        settings = self._settings
+        devices = settings.devices or [None] * settings.num_workers
+        scheduler = Scheduler(
+            [(model.predict_batch, device) for model, device in zip(self._models, devices)],
+            batcher=settings.batcher, limits=limits, stats=self._stats,
+            isolate_failures=settings.isolate_failures, max_queue_size=settings.max_queue_size,
+            output_device=settings.output_device,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
 
     def _build_models(self) -> list[Any]:
         if self.model_obj is not None:
@@ -259,55 +267,23 @@ class ModelHost:
         return [self.model_cls(*self.model_args, device=device, **self.model_kwargs)
                 for device in self.devices]
 
-    def stop(self, cancel_pending: bool = False, timeout: float | None = None) -> bool:
-        """Stop accepting requests and shut the workers down.
+    def _stop_run(self, cancel_pending: bool, timeout: float | None) -> bool:
+        """Close the scheduler's queue (cancelling what waits if asked) and join its threads.
 
-        Parameters
-        ----------
-        cancel_pending:
-            ``False`` (default): finish every accepted request first (drain).
-            ``True``: each request that has not started gets
-            :class:`~batch_inference.errors.HostStoppedError`.
-        timeout:
-            Most seconds to wait for the threads; ``None`` waits for them.
-
-        Returns
-        -------
-        bool
-            ``True`` when every thread that the last :meth:`start` made (model,
-            prefetch and scatter threads) has ended. ``False`` when the timeout
-            ran out first, or when called from ``predict_batch`` (that thread
-            goes on draining the queue): the threads still end by themselves
-            once they have answered every accepted request, and a later
-            :meth:`start` never shares them. Stopping a stopped host returns
-            ``True`` at once.
+        ``False`` also when called from ``predict_batch``: that thread goes on
+        draining the queue; the threads end by themselves once they have
+        answered every accepted request, and a later start never shares them.
         """
-        with self._lifecycle:
-            scheduler = self._scheduler
-            if not self._started or scheduler is None:
-                return True
-            self._started = False
-            return scheduler.stop(cancel_pending, timeout)
-
-    def __enter__(self) -> ModelHost:
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> ModelHost:
-        # Building the model can take seconds: keep the event loop serving meanwhile.
-        return await asyncio.get_running_loop().run_in_executor(None, self.start)
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+        scheduler = self._scheduler
+        assert scheduler is not None
+        return scheduler.stop(cancel_pending, timeout)
 
     # ------------------------------------------------------------------ introspection
     @property
     def batch_limit(self) -> int:
         """The current ``max_batch_size`` (lowered after out-of-memory errors)."""
         scheduler = self._scheduler
-        return (self._limits if scheduler is None else scheduler.limits()).max_batch_size
+        return (self._settings if scheduler is None else scheduler.limits()).max_batch_size
 
     def stats(self) -> HostStats:
         """A snapshot of counters, batch sizes, padding and latency percentiles.

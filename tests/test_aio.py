@@ -101,9 +101,9 @@ def test_one_zero_defaults_are_kept_and_reach_the_thread_host() -> None:
     assert (host.wait_ms, host.wait_n, host.max_batch_size, host.num_workers) == (5.0, 16, 32, 1)
     assert isinstance(host.host, ThreadHost)
     assert host.host.max_delay_s == pytest.approx(0.005)
-    assert host.host._limits.full_size == 16
+    assert host.host.settings.limits.full_size == 16
     small = ModelHost(model_obj=Scaler(), max_batch_size=4)  # wait_n above it means it
-    assert small.host._limits.full_size == 4
+    assert small.host.settings.limits.full_size == 4
 
 
 def test_max_delay_s_replaces_the_default_wait_ms_and_wait_ms_zero_waits_not() -> None:

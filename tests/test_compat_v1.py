@@ -250,3 +250,43 @@ def test_decorator_refuses_two_batchers_and_a_batcher_class() -> None:
         batching(ConcatBatcher)
     with pytest.raises(ConfigurationError, match=r"decorates a class, got 'concat'"):
         batching("concat")
+
+
+@pytest.mark.timeout(60)
+def test_remote_start_twice_raises_runtime_error(tmp_path: Any, monkeypatch: Any) -> None:
+    """1.0's own ``test_remote_start_twice``: a second start() of a running remote host."""
+    monkeypatch.setenv("BATCH_INFERENCE_RUNTIME_DIR", str(tmp_path / "rt"))
+    from batch_inference import remote_batching
+    from batch_inference.batcher.concat_batcher import ConcatBatcher
+
+    @remote_batching(grpc_port=30999, batcher=ConcatBatcher(tensor="np"), max_batch_size=8)
+    class Model(MyModel):
+        pass
+
+    host = Model.host(3, 3)
+    host.start()
+    try:
+        with pytest.raises(RuntimeError):
+            host.start()
+        x = np.ones((1, 2, 3), dtype="f")
+        assert np.allclose(host.predict(x), MyModel(3, 3).predict_batch(x))
+    finally:
+        host.stop()
+
+
+@pytest.mark.timeout(60)
+def test_aio_remote_start_twice_raises_runtime_error(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("BATCH_INFERENCE_RUNTIME_DIR", str(tmp_path / "rt"))
+    from batch_inference.aio import RemoteModelHost
+    from batch_inference.batcher.concat_batcher import ConcatBatcher
+
+    async def main() -> None:
+        host = RemoteModelHost(MyModel, 30998, ConcatBatcher(tensor="np"))(3, 3)
+        await host.start()
+        try:
+            with pytest.raises(RuntimeError):
+                await host.start()
+        finally:
+            await asyncio.wait_for(host.stop(), BOUND_S)
+
+    asyncio.run(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -126,3 +127,15 @@ def test_decorating_a_class_without_predict_batch_is_a_configuration_error() -> 
         class NoPredict:
             def predict(self, x: Any) -> Any:
                 return x
+
+
+def test_settings_are_checked_once_and_shared_by_every_host_of_a_class() -> None:
+    first, second = Bare.host(), Bare.host(3.0)
+    assert first.settings is second.settings  # one frozen object, made when decorated
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.settings.max_batch_size = 1  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        first.max_batch_size = 1  # type: ignore[misc]
+    assert (first.max_batch_size, first.max_delay_s, first.num_workers) == (32, 0.0, 1)
+    twin = ModelHost.from_settings(first.settings, Bare)
+    assert twin.settings is first.settings and twin.batcher is first.batcher

@@ -92,6 +92,32 @@ def test_a_bad_port_is_refused_by_value(bad: Any) -> None:
         RemoteModelHost(Doubler, bad)
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"max_message_bytes": 0}, r"max_message_bytes .* got 0"),
+    ({"connect_timeout_s": 0}, r"connect_timeout_s .* got 0"),
+    ({"connect_timeout_s": "5"}, r"connect_timeout_s .* got '5'"),
+    ({"max_batch_size": -2}, r"max_batch_size .* got -2"),
+    ({"default_timeout_s": -1}, r"default_timeout_s .* got -1"),
+])
+def test_bad_settings_are_refused_by_value(port: int, options: dict, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        RemoteModelHost(Doubler, port, **options)
+    with pytest.raises(ConfigurationError, match=message):
+        remote_batching(port, **options)(Doubler)
+
+
+def test_settings_are_checked_once_and_shared_by_the_hosts_a_decorator_makes(port: int) -> None:
+    @remote_batching(port, max_batch_size=8, max_delay_s=0.001)
+    class Model(Doubler):
+        pass
+
+    first, second = Model.host(), Model.host()
+    assert first.settings is second.settings
+    assert first.settings.host.max_delay_s == 0.001  # an explicit max_delay_s beats 1.0's wait_ms
+    assert first.local_host.settings is first.settings.host
+    assert (first.grpc_port, first.local_host.max_batch_size) == (port, 8)
+
+
 # ------------------------------------------------------------------ calls
 def test_one_of_several_hosts_on_a_port_serves_and_all_get_results(port: int, hosts) -> None:
     started = [hosts(remote(Doubler, port)) for _ in range(3)]

@@ -10,9 +10,9 @@ executor, so the loop keeps serving other tasks meanwhile.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
+from .._lifecycle import AsyncHostLifecycle
 from ..batcher.base import Batcher
 from ..errors import ConfigurationError
 from ..host import ModelHost as _Host
@@ -25,7 +25,7 @@ DEFAULT_WAIT_MS = 5.0
 DEFAULT_WAIT_N = 16
 
 
-class ModelHost:
+class ModelHost(AsyncHostLifecycle):
     """batch-inference 1.0's ``batch_inference.aio.ModelHost``: awaitable start, predict, stop.
 
     A 1.0 program runs unchanged::
@@ -35,7 +35,9 @@ class ModelHost:
         y = await host.predict(x)        # from any number of tasks
         await host.stop()
 
-    or ``async with ModelHost(...) as host:``. It is a front over a
+    or ``async with ModelHost(...) as host:``. Its lifecycle (``start``,
+    ``stop(cancel_pending, timeout)``, ``running``, ``broken``) is every
+    host's, awaited. It is a front over a
     :class:`batch_inference.ModelHost` (:attr:`host`), which does all the
     queueing and batching; threads may call ``host.host.predict`` alongside.
 
@@ -91,6 +93,7 @@ class ModelHost:
             num_workers=num_workers,
             **host_options,
         )
+        super().__init__(self._host)
         self.wait_ms = wait_ms
         self.wait_n = wait_n
         self.event_loop = event_loop
@@ -125,11 +128,6 @@ class ModelHost:
     def num_workers(self) -> int:
         return self._host.num_workers
 
-    @property
-    def running(self) -> bool:
-        """Whether the host accepts requests."""
-        return self._host.running
-
     def stats(self) -> HostStats:
         """A snapshot of counters, batch sizes, padding and latency percentiles."""
         return self._host.stats()
@@ -149,28 +147,6 @@ class ModelHost:
         self._host(*model_args, **model_kwargs)
         return self
 
-    async def start(self) -> ModelHost:
-        """Build the model(s) and start the workers, in an executor.
-
-        Raises :class:`~batch_inference.errors.HostAlreadyRunningError` (a
-        ``RuntimeError``) on a running host.
-        """
-        await _off_loop(self._host.start)
-        return self
-
-    async def stop(self, cancel_pending: bool = False, timeout: float | None = None) -> bool:
-        """Stop the host, in an executor; see :meth:`batch_inference.ModelHost.stop`.
-
-        By default every accepted request is answered first.
-        """
-        return await _off_loop(lambda: self._host.stop(cancel_pending, timeout))
-
-    async def __aenter__(self) -> ModelHost:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.stop()
-
     # ------------------------------------------------------------------ requests
     async def predict(
         self, *args: Any, timeout: float | None = None, wait_for_queue: bool = False
@@ -184,7 +160,3 @@ class ModelHost:
         return await self._host.predict_async(*args, timeout=timeout,
                                               wait_for_queue=wait_for_queue)
 
-
-async def _off_loop(call: Callable[[], Any]) -> Any:
-    """``call()`` in the running loop's default executor."""
-    return await asyncio.get_running_loop().run_in_executor(None, call)

@@ -7,7 +7,8 @@ import threading
 import time
 from typing import Any
 
-from .._checks import checked_timeout, positive_int, remaining
+from .._checks import checked_timeout, optional_seconds, positive_int, remaining
+from .._lifecycle import HostLifecycle
 from .._queue import RequestQueue
 from .._request import Request
 from ..batcher.base import RequestInfo
@@ -42,7 +43,7 @@ def as_step_model(model: Any) -> StepModel:
     )
 
 
-class GenerationHost:
+class GenerationHost(HostLifecycle):
     """Greedy generation for many callers, with one worker thread decoding them together.
 
     Parameters
@@ -76,6 +77,12 @@ class GenerationHost:
 
     Every caller gets exactly the tokens greedy decoding of its prompt alone
     gives, whatever shares its batch and whenever it joined.
+
+    Its lifecycle is every host's: a second
+    :meth:`start` raises :class:`~batch_inference.errors.HostAlreadyRunningError`;
+    once the model raised a ``BaseException`` the host is :attr:`broken` (not
+    :attr:`running`) until it is stopped and started again; ``with`` and
+    ``async with`` start and stop it; :meth:`stats` count across restarts.
     """
 
     def __init__(
@@ -106,13 +113,8 @@ class GenerationHost:
             raise ConfigurationError(f"eos_token_id must be an int or None, got {eos_token_id!r}")
         if max_queue_size is not None:
             positive_int("max_queue_size", max_queue_size)
-        if default_timeout_s is not None and (
-            isinstance(default_timeout_s, bool) or not isinstance(default_timeout_s, (int, float))
-            or not default_timeout_s > 0
-        ):
-            raise ConfigurationError(
-                f"default_timeout_s must be a number of seconds > 0, got {default_timeout_s!r}"
-            )
+        default_timeout_s = optional_seconds("default_timeout_s", default_timeout_s)
+        super().__init__()
         self.model = as_step_model(model)
         self.policy: Policy = policy
         self.eos_token_id = eos_token_id
@@ -124,70 +126,36 @@ class GenerationHost:
         self._loop: DecodeLoop | None = None
         self._thread: threading.Thread | None = None
         self._broken: BaseException | None = None
-        self._lifecycle = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def running(self) -> bool:
-        """Whether the host accepts requests."""
-        return self._thread is not None
+    # start(), stop(), running, broken and the context managers: HostLifecycle.
+    def _run_broken(self) -> bool:
+        return self._broken is not None
 
-    def start(self) -> GenerationHost:
-        """Start the worker thread. Starting a running host does nothing."""
-        with self._lifecycle:
-            if self._thread is not None:
-                return self
-            self._broken = None
-            self._queue = RequestQueue(self.max_queue_size)
-            self._loop = DecodeLoop(self.model, self._queue, self._recorder, self.max_batch_size,
-                                    self.policy, self.eos_token_id, self._break,
-                                    self.min_join_rows, self.max_join_delay_steps)
-            self._thread = threading.Thread(
-                target=self._loop.run, name="batch_inference-generation", daemon=True
-            )
-            self._thread.start()
-            return self
+    def _start_run(self) -> None:
+        """A new queue and decode loop, on a worker thread of their own."""
+        self._broken = None
+        self._queue = RequestQueue(self.max_queue_size)
+        self._loop = DecodeLoop(self.model, self._queue, self._recorder, self.max_batch_size,
+                                self.policy, self.eos_token_id, self._break,
+                                self.min_join_rows, self.max_join_delay_steps)
+        self._thread = threading.Thread(
+            target=self._loop.run, name="batch_inference-generation", daemon=True
+        )
+        self._thread.start()
 
-    def stop(self, cancel_pending: bool = False, timeout: float | None = None) -> bool:
-        """Stop accepting requests and shut the worker down; every caller is answered.
-
-        Parameters
-        ----------
-        cancel_pending:
-            ``False`` (default): finish every accepted request first.
-            ``True``: queued requests, and running ones at the next step
-            boundary, get :class:`~batch_inference.errors.HostStoppedError`.
-        timeout:
-            Most seconds to wait for the worker; ``None`` waits for it.
-
-        Returns
-        -------
-        bool
-            ``True`` when the worker has finished.
-        """
-        with self._lifecycle:
-            thread, loop, self._thread = self._thread, self._loop, None
-            if thread is None:
-                return True
-            self._queue.close()
-            if cancel_pending and loop is not None:
-                loop.aborting = True
-                self._fail_queued(HostStoppedError("the host was stopped before this request ran"))
-            if thread is not threading.current_thread():
-                thread.join(timeout)
-            return not thread.is_alive()
-
-    def __enter__(self) -> GenerationHost:
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> GenerationHost:
-        return self.start()
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+    def _stop_run(self, cancel_pending: bool, timeout: float | None) -> bool:
+        """Close the queue; with ``cancel_pending``, queued requests (and running ones, at the
+        next step boundary) get :class:`~batch_inference.errors.HostStoppedError`; join."""
+        thread, loop, self._thread = self._thread, self._loop, None
+        assert thread is not None
+        self._queue.close()
+        if cancel_pending and loop is not None:
+            loop.aborting = True
+            self._fail_queued(HostStoppedError("the host was stopped before this request ran"))
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+        return not thread.is_alive()
 
     def _fail_queued(self, error: BaseException) -> None:
         queued = [r for r in self._queue.drain() if r.future.set_running_or_notify_cancel()]

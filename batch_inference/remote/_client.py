@@ -26,6 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .._future import LightFuture, settle
 from ..errors import HostNotRunningError, HostStoppedError, RemoteHostLostError, WireFormatError
 from . import _wire
+from ._inflight import InFlight
 from ._wakeup import Wakeup
 
 __all__ = ["RemoteClient"]
@@ -70,14 +71,15 @@ class RemoteClient:
         # Whoever pops a call's entry settles it (the I/O thread) or abandons it (its caller):
         # dict.pop is atomic, so each call is settled exactly once.
         self._pending: dict[int, Future[Any] | LightFuture] = {}
-        self._sent_seq: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
+        self._in_flight = InFlight()  # the I/O thread's: which calls each sent message carries
         self._ids = itertools.count()
         self._seqs = itertools.count()
         self._welcomed = threading.Event()
         self._idle = threading.Event()
         self._connected = False
         self._lost_reason = "no server has answered yet"
-        self._closing = False
+        self._refusing = False  # close() began: new calls are refused
+        self._closing = False  # close() is done with the calls: the I/O thread ends
         self._thread = threading.Thread(target=self._loop, name="batch-inference-client",
                                         daemon=True)
         self._thread.start()
@@ -95,6 +97,11 @@ class RemoteClient:
     def pending_count(self) -> int:
         """Calls sent or queued whose outcome has not arrived."""
         return len(self._pending)
+
+    @property
+    def messages_in_flight(self) -> int:
+        """Sent messages with a call still unsettled (what a ``refused`` reply may name)."""
+        return len(self._in_flight)
 
     def submit(self, args: tuple[Any, ...], deadline_s: float | None) -> Future[Any]:
         """Queue one request; its future gets the result or a typed error.
@@ -127,7 +134,7 @@ class RemoteClient:
 
     def _queue(self, args: tuple[Any, ...], deadline_s: float | None,
                call: Future[Any] | LightFuture) -> int:
-        if self._closing:
+        if self._refusing:
             raise HostNotRunningError("the remote host is stopped: call start() first")
         if not self._connected:
             raise RemoteHostLostError(f"no server on {self.path.name}: {self._lost_reason}")
@@ -148,24 +155,30 @@ class RemoteClient:
             self._cancels.append(request_id)  # tell the server to drop it
             self._wakeup.set()
 
-    def close(self, timeout_s: float | None = None) -> bool:
+    def close(self, timeout_s: float | None = None, cancel_pending: bool = False) -> bool:
         """Wait (up to ``timeout_s``) for pending calls, then fail the rest and disconnect.
 
-        Returns ``True`` when no call was left to fail.
+        With ``cancel_pending`` nothing is waited for. The server is asked to
+        drop every call failed here (those whose batch has not started).
+        Returns ``True`` when the I/O thread ended and no call was left to fail
+        (with ``cancel_pending``: when the I/O thread ended).
         """
-        self._closing = True
+        self._refusing = True
         deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._pending and self._connected:
+        while self._pending and self._connected and not cancel_pending:
             wait_s = 0.1 if deadline_s is None else min(0.1, deadline_s - time.monotonic())
             if wait_s <= 0:
                 break
             self._idle.wait(wait_s)  # set by the I/O thread when nothing is pending
-        finished = not self._pending
-        self._fail_all(HostStoppedError("the remote host was stopped before this call finished"))
+        finished = cancel_pending or not self._pending
+        dropped = self._fail_all(
+            HostStoppedError("the remote host was stopped before this call finished"))
+        self._cancels.extend(dropped)  # sent by the I/O thread's last turn (see _loop)
+        self._closing = True
         self._wakeup.set()
         self._thread.join(5.0)
         self._wakeup.close()
-        return finished
+        return finished and not self._thread.is_alive()
 
     # ------------------------------------------------------------------ I/O thread
     def _loop(self) -> None:
@@ -173,6 +186,7 @@ class RemoteClient:
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         poller.register(self._wakeup.fd, zmq.POLLIN)
+        linger_ms = 0
         try:
             while not self._closing:
                 events = dict(poller.poll(1000))
@@ -184,10 +198,13 @@ class RemoteClient:
                     self._on_monitor()
                 self._wakeup.clear()
                 self._send_outgoing()
+            if self._cancels and self._connected:  # close() failed calls: the server drops them
+                self._send_outgoing()
+                linger_ms = 200  # a bounded moment for that last message to leave
         finally:
             self._socket.disable_monitor()
             self._monitor.close(0)
-            self._socket.close(0)
+            self._socket.close(linger_ms)
             self._context.term()
 
     def _on_monitor(self) -> None:
@@ -205,17 +222,22 @@ class RemoteClient:
         if self._connected:  # keep the first reason (a "bye" before its disconnect)
             self._lost_reason = reason
         self._connected = False
+        self._in_flight.clear()
         self._fail_all(RemoteHostLostError(f"lost the server on {self.path.name}: {reason}"))
 
-    def _fail_all(self, error: BaseException) -> None:
+    def _fail_all(self, error: BaseException) -> list[int]:
+        """Fail every pending call with ``error``; returns their ids."""
         while self._outgoing:
             self._outgoing.popleft()
+        failed: list[int] = []
         while self._pending:
             try:
-                _, call = self._pending.popitem()
+                request_id, call = self._pending.popitem()
             except KeyError:
-                return  # a caller popped the last one meanwhile
+                break  # a caller popped the last one meanwhile
             settle([(call, error, True)])
+            failed.append(request_id)
+        return failed
 
     def _send(self, header: dict[str, Any], buffers: list[Any]) -> bool:
         header["v"] = _wire.PROTOCOL_VERSION
@@ -254,7 +276,7 @@ class RemoteClient:
         elif kind == "refused":
             error = _wire.error_from_payload(header.get("error"))
             seq = header.get("seq")
-            for request_id in self._sent_seq.pop(seq, []) if type(seq) is int else []:
+            for request_id in self._in_flight.refused(seq) if type(seq) is int else []:
                 self._settle(request_id, error)
         elif kind == "bye":
             self._lose("the server stopped")
@@ -275,6 +297,7 @@ class RemoteClient:
             self._settle(item["id"], _wire.error_from_payload(item.get("error")))
 
     def _settle(self, request_id: int, outcome: Any, ok: bool = False) -> None:
+        self._in_flight.settled(request_id)  # before its caller can see the outcome
         call = self._pending.pop(request_id, None)
         if call is not None:
             settle([(call, outcome, not ok)])
@@ -288,6 +311,8 @@ class RemoteClient:
             self._cancels.clear()
             return
         cancels = [self._cancels.popleft() for _ in range(len(self._cancels))]
+        for request_id in cancels:
+            self._in_flight.settled(request_id)  # its caller gave up on it
         items: list[dict[str, Any]] = []
         buffers: list[Any] = []
         size = 0
@@ -306,9 +331,8 @@ class RemoteClient:
             buffers.extend(encoded.buffers)
             size += encoded.nbytes
         seq = next(self._seqs)
-        self._sent_seq[seq] = [item["id"] for item in items]
-        while len(self._sent_seq) > 256:
-            self._sent_seq.popitem(last=False)
+        # Kept until each of its calls is settled: a "refused" naming it may come at any time.
+        self._in_flight.sent(seq, [item["id"] for item in items])
         if not self._send({"kind": "call", "seq": seq, "items": items, "cancel": cancels},
                           buffers):
             self._lose("could not send to the server")

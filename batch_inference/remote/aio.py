@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from typing import Any
 
+from .._lifecycle import AsyncHostLifecycle
 from ..batcher.base import Batcher
 from .host import RemoteModelHost
 
 __all__ = ["AsyncRemoteModelHost"]
 
 
-class AsyncRemoteModelHost:
+class AsyncRemoteModelHost(AsyncHostLifecycle):
     """:class:`~batch_inference.RemoteModelHost` for asyncio: ``await start()/predict()/stop()``.
 
     batch-inference 1.0's ``batch_inference.aio.RemoteModelHost``. Same
     election, wire, errors and fault behaviour as the thread version (it wraps
     one); ``predict`` never blocks the event loop, and cancelling the awaiting
     task drops the request on the server if its batch has not started.
+    Its lifecycle (``start``, ``stop(cancel_pending, timeout)``, ``running``,
+    ``broken``, ``async with``) is every host's, awaited; the blocking parts
+    run in the event loop's default executor.
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class AsyncRemoteModelHost:
         options.pop("event_loop", None)  # 1.0 took the loop; ours is the running one
         self.sync_host = RemoteModelHost(model_cls, grpc_port, batcher, max_batch_size,
                                          wait_ms, wait_n, **options)
+        super().__init__(self.sync_host)
 
     def __call__(self, *model_args: Any, **model_kwargs: Any) -> AsyncRemoteModelHost:
         """Set the model's constructor arguments (batch-inference 1.0 style); returns ``self``."""
@@ -44,21 +47,6 @@ class AsyncRemoteModelHost:
     def is_server(self) -> bool:
         return self.sync_host.is_server
 
-    async def start(self) -> AsyncRemoteModelHost:
-        """Serve or connect (in a thread: building the model or waiting must not block the loop)."""
-        await asyncio.get_running_loop().run_in_executor(None, self.sync_host.start)
-        return self
-
-    async def stop(self, timeout: float | None = None) -> bool:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(self.sync_host.stop, timeout))
-
     async def predict(self, *args: Any, timeout: float | None = None) -> Any:
         """Run one request through the shared model; see ``RemoteModelHost.predict``."""
         return await self.sync_host.predict_async(*args, timeout=timeout)
-
-    async def __aenter__(self) -> AsyncRemoteModelHost:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.stop()

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from ..batcher.base import Batcher
 from ..errors import ConfigurationError
+from ._settings import RemoteSettings
 from .host import RemoteModelHost
 
 __all__ = ["remote_batching"]
@@ -31,10 +32,13 @@ def remote_batching(
     def wrap(target: T) -> T:
         if not isinstance(target, type):
             raise ConfigurationError(f"@remote_batching decorates a class, got {target!r}")
-        RemoteModelHost(target, grpc_port, batcher, max_batch_size, **host_options)  # validates
+        if not callable(getattr(target, "predict_batch", None)):
+            raise ConfigurationError(f"{target!r} has no predict_batch method")
+        # Checked once, now; every host reuses them.
+        settings = RemoteSettings.build(grpc_port, batcher, max_batch_size, **host_options)
 
         def host(klass: type, *model_args: Any, **model_kwargs: Any) -> RemoteModelHost:
-            remote = RemoteModelHost(klass, grpc_port, batcher, max_batch_size, **host_options)
+            remote = RemoteModelHost.from_settings(settings, klass)
             return remote(*model_args, **model_kwargs)
 
         host.__doc__ = f"A :class:`RemoteModelHost` serving ``{target.__name__}.predict_batch``."

@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from .._checks import positive_int
 from .._future import wait_async, wait_blocking
+from .._lifecycle import HostLifecycle
 from .._request import deadline_of
 from ..batcher.base import Batcher
 from ..errors import ConfigurationError, HostNotRunningError, RemoteHostLostError
 from ..host import ModelHost
 from ._election import ServerLock, check_port, socket_path
+from ._settings import DEFAULT_MAX_MESSAGE_BYTES, RemoteSettings
 
 if TYPE_CHECKING:  # they import pyzmq (the "remote" extra): loaded when a host starts
     from ._client import RemoteClient
     from ._server import RemoteServer
 
-__all__ = ["RemoteModelHost"]
-
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "RemoteModelHost"]
 
 
-class RemoteModelHost:
+class RemoteModelHost(HostLifecycle):
     """A :class:`~batch_inference.ModelHost` shared by every process that names the same port.
 
     Each process (e.g. each worker of a web server) builds one with the same
@@ -52,7 +50,17 @@ class RemoteModelHost:
     a process that starts a new ``RemoteModelHost`` on the port becomes that
     server). If the serving process dies, clients see the connection drop at
     once and fail their pending calls in the same way. :meth:`stop` on a client
-    waits for its pending calls (up to ``timeout``) and disconnects.
+    waits for its pending calls (up to ``timeout``) and disconnects; with
+    ``cancel_pending=True`` they fail at once with
+    :class:`~batch_inference.errors.HostStoppedError` and the server drops those
+    whose batch has not started.
+
+    **Lifecycle**, every host's: :meth:`start`
+    on a started host raises
+    :class:`~batch_inference.errors.HostAlreadyRunningError` (a
+    ``RuntimeError``, as batch-inference 1.0's remote host raises);
+    ``running`` is ``False`` while a client has lost its server (``broken``
+    is then ``True``, until a new server answers); ``with`` and ``async with``.
 
     Parameters
     ----------
@@ -85,21 +93,29 @@ class RemoteModelHost:
         connect_timeout_s: float = 30.0,
         **host_options: Any,
     ) -> None:
-        self.grpc_port = check_port(grpc_port)
+        check_port(grpc_port)
         _require_pyzmq()
-        positive_int("max_message_bytes", max_message_bytes)
-        if isinstance(connect_timeout_s, bool) or not isinstance(
-                connect_timeout_s, (int, float)) or not connect_timeout_s > 0:
-            raise ConfigurationError(
-                f"connect_timeout_s must be a number of seconds > 0, got {connect_timeout_s!r}")
-        self.max_message_bytes = max_message_bytes
-        self.connect_timeout_s = float(connect_timeout_s)
-        self.local_host = ModelHost(model_cls, batcher=batcher, max_batch_size=max_batch_size,
-                                    wait_ms=wait_ms, wait_n=wait_n, **host_options)
-        self._lock = ServerLock(self.grpc_port)
+        self._configure(RemoteSettings.build(
+            grpc_port, batcher, max_batch_size, wait_ms, wait_n,
+            max_message_bytes=max_message_bytes, connect_timeout_s=connect_timeout_s,
+            **host_options), model_cls)
+
+    @classmethod
+    def from_settings(cls, settings: RemoteSettings, model_cls: type) -> RemoteModelHost:
+        """A host with settings checked earlier (``@remote_batching`` uses it)."""
+        _require_pyzmq()
+        host = cls.__new__(cls)
+        host._configure(settings, model_cls)
+        return host
+
+    def _configure(self, settings: RemoteSettings, model_cls: type) -> None:
+        super().__init__()
+        self._settings = settings
+        self.local_host = ModelHost.from_settings(settings.host, model_cls)
+        self._lock = ServerLock(settings.grpc_port)
         self._server: RemoteServer | None = None
         self._client: RemoteClient | None = None
-        self._lifecycle = threading.Lock()
+        self._broken_when_stopped = False
 
     def __call__(self, *model_args: Any, **model_kwargs: Any) -> RemoteModelHost:
         """Set the model's constructor arguments (batch-inference 1.0 style); returns ``self``."""
@@ -107,42 +123,65 @@ class RemoteModelHost:
         return self
 
     @property
-    def is_server(self) -> bool:
-        """Whether this host serves the port (decided by :meth:`start`; ``False`` before)."""
-        return self._server is not None
+    def settings(self) -> RemoteSettings:
+        """Every setting, as checked once when the host (or its decorator) was made."""
+        return self._settings
 
     @property
-    def running(self) -> bool:
-        return self._server is not None or (self._client is not None and self._client.connected)
+    def grpc_port(self) -> int:
+        return self._settings.grpc_port
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self._settings.max_message_bytes
+
+    @property
+    def connect_timeout_s(self) -> float:
+        return self._settings.connect_timeout_s
+
+    @property
+    def is_server(self) -> bool:
+        """Whether this host serves the port (decided by :meth:`start`; ``False`` when stopped)."""
+        return self._server is not None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> RemoteModelHost:
-        """Serve the port if nobody does, else connect to its server. Idempotent."""
-        with self._lifecycle:
-            if self._server is not None or self._client is not None:
-                return self
-            from ._client import RemoteClient
+    # start(), stop(), running, broken and the context managers: HostLifecycle.
+    def _describe(self) -> str:
+        return f"the remote host on port {self.grpc_port}"
 
-            path = socket_path(self.grpc_port)
-            deadline_s = time.monotonic() + self.connect_timeout_s
-            client: RemoteClient | None = None
-            while True:
-                if self._lock.try_acquire():
-                    if client is not None:
-                        client.close(0.0)
-                    self._serve(path)
-                    return self
-                if client is None:
-                    client = RemoteClient(path, self.max_message_bytes)
-                if client.wait_connected(min(0.1, max(0.0, deadline_s - time.monotonic()))):
-                    self._client = client
-                    return self
-                if time.monotonic() >= deadline_s:
+    def _run_broken(self) -> bool:
+        server, client = self._server, self._client
+        if server is not None:
+            return self.local_host.broken
+        if client is not None:
+            return not client.connected  # its server went away (until a new one answers)
+        return self._broken_when_stopped
+
+    def _start_run(self) -> None:
+        """Serve the port if nobody does, else connect to its server."""
+        from ._client import RemoteClient
+
+        self._broken_when_stopped = False
+        path = socket_path(self.grpc_port)
+        deadline_s = time.monotonic() + self.connect_timeout_s
+        client: RemoteClient | None = None
+        while True:
+            if self._lock.try_acquire():
+                if client is not None:
                     client.close(0.0)
-                    raise RemoteHostLostError(
-                        f"another process holds port {self.grpc_port} but its server did not "
-                        f"answer within connect_timeout_s={self.connect_timeout_s}"
-                    )
+                self._serve(path)
+                return
+            if client is None:
+                client = RemoteClient(path, self.max_message_bytes)
+            if client.wait_connected(min(0.1, max(0.0, deadline_s - time.monotonic()))):
+                self._client = client
+                return
+            if time.monotonic() >= deadline_s:
+                client.close(0.0)
+                raise RemoteHostLostError(
+                    f"another process holds port {self.grpc_port} but its server did not "
+                    f"answer within connect_timeout_s={self.connect_timeout_s}"
+                )
 
     def _serve(self, path: Any) -> None:
         from ._server import RemoteServer
@@ -155,33 +194,27 @@ class RemoteModelHost:
             self._lock.release()
             raise
 
-    def stop(self, timeout: float | None = None) -> bool:
-        """Stop serving (drain, then ``bye`` to clients) or disconnect; see the class docstring.
+    def _stop_run(self, cancel_pending: bool, timeout: float | None) -> bool:
+        """Serving: refuse new calls, drain (or cancel) the local host, ``bye`` to clients.
 
-        Returns ``True`` when everything accepted was finished within ``timeout``.
+        A client: wait for its pending calls (or, with ``cancel_pending``, fail
+        them at once and ask the server to drop them), then disconnect.
         """
-        with self._lifecycle:
-            server, client = self._server, self._client
-            self._server = self._client = None
-            if client is not None:
-                return client.close(timeout)
-            if server is None:
-                return True
-            server.refuse_new()
-            finished = self.local_host.stop(timeout=timeout)
-            server.close(5.0)
-            try:
-                server.path.unlink()
-            except FileNotFoundError:
-                pass
-            self._lock.release()
-            return finished
-
-    def __enter__(self) -> RemoteModelHost:
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
+        self._broken_when_stopped = self._run_broken()
+        server, client = self._server, self._client
+        self._server = self._client = None
+        if client is not None:
+            return client.close(timeout, cancel_pending)
+        assert server is not None
+        server.refuse_new()
+        finished = self.local_host.stop(cancel_pending, timeout)
+        server.close(5.0)
+        try:
+            server.path.unlink()
+        except FileNotFoundError:
+            pass
+        self._lock.release()
+        return finished
 
     # ------------------------------------------------------------------ calls
     # Served here: the local host's own door. Connected: the client sends the request

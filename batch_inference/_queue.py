@@ -206,8 +206,8 @@ class RequestQueue:
                     if current.max_batch_tokens is None and len(items) < current.full_size:
                         selection = None  # too few requests for a full batch
                     else:
-                        ahead_limits = dataclasses.replace(current, model_busy=True)
-                        selection = batcher.select(items, ahead_limits, now_s)
+                        current = dataclasses.replace(current, model_busy=True)
+                        selection = batcher.select(items, current, now_s)
                     if selection is None or 0 not in selection.indices:
                         # Nothing full serves the oldest yet: ask again once a few more came.
                         step = max(1, current.full_size // 4)
@@ -216,13 +216,17 @@ class RequestQueue:
                         self._wait_ahead()
                         continue
                 else:
-                    selection = batcher.select(items, limits(), now_s)
+                    current = limits()
+                    selection = batcher.select(items, current, now_s)
                 if not selection.indices:
                     wait_s = None if selection.wake_at_s is None else selection.wake_at_s - now_s
                     if wait_s is None or wait_s > 0:
                         self._wait_idle(wait_s)
                     continue
+                reason = batcher.start_reason(items, selection, current, now_s)
                 chosen = self._remove(selection.indices)
+                for request in chosen:  # the worker's stats label the batch with it
+                    request.start_reason = reason
                 self._not_full.notify(len(chosen))
                 if self._space_waiters:
                     self._wake_space_waiters(len(chosen))

@@ -26,7 +26,8 @@ class Request:
     :class:`ThreadRequestState`.
     """
 
-    __slots__ = ("args", "info", "future", "enqueued_s", "deadline_s", "loop", "loop_future")
+    __slots__ = ("args", "info", "future", "enqueued_s", "deadline_s", "loop", "loop_future",
+                 "start_reason")
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class Request:
         self.deadline_s = deadline_s
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_future: asyncio.Future[Any] | None = None
+        self.start_reason = "model_idle"  # why its batch started: set by the queue as it takes
 
 
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)

@@ -23,10 +23,18 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..errors import HostNotRunningError, HostStoppedError, RemoteHostLostError, WireFormatError
+from ..errors import (
+    HostNotRunningError,
+    HostStoppedError,
+    RemoteHostLostError,
+    RequestTimeoutError,
+    WireFormatError,
+)
+from ..stats import HostStats
 from . import _wire
 from ._calls import Waiter, settle
 from ._wakeup import Wakeup
+from ._wire_stats import decode_stats
 
 __all__ = ["RemoteClient"]
 
@@ -67,6 +75,7 @@ class RemoteClient:
         self._wakeup = Wakeup()
         self._outgoing: collections.deque[_Outgoing] = collections.deque()
         self._cancels: collections.deque[int] = collections.deque()
+        self._stats_asks: collections.deque[int] = collections.deque()  # see stats()
         # Whoever pops a call's entry settles it (the I/O thread) or abandons it (its caller):
         # dict.pop is atomic, so each call is settled exactly once.
         self._pending: dict[int, Future[Any] | Waiter] = {}
@@ -121,6 +130,23 @@ class RemoteClient:
             if self._abandon(request_id):
                 raise TimeoutError
             waiter.wait(None)  # the deadline fired as the outcome arrived: take the outcome
+        return waiter.outcome()
+
+    def stats(self, timeout_s: float | None) -> HostStats:
+        """The serving host's :class:`HostStats`, asked over the socket (within ``timeout_s``)."""
+        if self._closing:
+            raise HostNotRunningError("the remote host is stopped: call start() first")
+        if not self._connected:
+            raise RemoteHostLostError(f"no server on {self.path.name}: {self._lost_reason}")
+        waiter = Waiter()
+        request_id = next(self._ids)
+        self._pending[request_id] = waiter
+        self._stats_asks.append(request_id)
+        self._wakeup.set()
+        if not waiter.wait(timeout_s):
+            if self._abandon(request_id):
+                raise RequestTimeoutError(f"the server sent no stats within {timeout_s} s")
+            waiter.wait(None)  # the answer arrived as the time ran out: take it
         return waiter.outcome()
 
     def _abandon(self, request_id: int) -> bool:
@@ -194,6 +220,7 @@ class RemoteClient:
                     self._on_monitor()
                 self._wakeup.clear()
                 self._send_outgoing()
+                self._send_stats_asks()
         finally:
             self._socket.disable_monitor()
             self._monitor.close(0)
@@ -268,6 +295,13 @@ class RemoteClient:
                 self._settle(request_id, error)
         elif kind == "bye":
             self._lose("the server stopped")
+        elif kind == "stats":
+            seq = header.get("seq")
+            for request_id in self._sent_seq.pop(seq, []) if type(seq) is int else []:
+                try:
+                    self._settle(request_id, decode_stats(header.get("stats")), ok=True)
+                except WireFormatError as error:
+                    self._settle(request_id, error)
 
     def _on_result(self, item: Any, buffers: list[memoryview]) -> None:
         if not isinstance(item, dict) or type(item.get("id")) is not int:
@@ -325,3 +359,13 @@ class RemoteClient:
         if self._outgoing:
             self._wakeup.set()  # the rest did not fit in one message
 
+    def _send_stats_asks(self) -> None:
+        """Send the ``stats`` requests callers queued (each answered by a ``stats`` message)."""
+        while self._stats_asks:
+            request_id = self._stats_asks.popleft()
+            if request_id not in self._pending:
+                continue  # abandoned, or failed, before it left
+            seq = next(self._seqs)
+            self._sent_seq[seq] = [request_id]  # so that a "refused" answer settles it too
+            if not self._send({"kind": "stats", "seq": seq}, []):
+                self._lose("could not send to the server")

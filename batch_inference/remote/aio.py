@@ -9,6 +9,7 @@ from typing import Any
 
 from ..batcher.base import Batcher
 from ..errors import HostNotRunningError, RequestTimeoutError
+from ..stats import HostStats
 from .host import RemoteModelHost
 
 __all__ = ["AsyncRemoteModelHost"]
@@ -81,6 +82,14 @@ class AsyncRemoteModelHost:
         except BaseException:
             future.cancel()
             raise
+
+    def stats(self, timeout: float = 10.0) -> HostStats:
+        """The shared host's stats (see ``RemoteModelHost.stats``).
+
+        Blocks for one round trip in a client process: from a coroutine, call
+        it with ``await asyncio.to_thread(host.stats)``.
+        """
+        return self.sync_host.stats(timeout)
 
     async def __aenter__(self) -> AsyncRemoteModelHost:
         return await self.start()

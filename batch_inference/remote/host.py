@@ -12,6 +12,7 @@ from ..batcher.base import Batcher
 from ..errors import ConfigurationError, HostNotRunningError, RemoteHostLostError
 from ..errors import RequestTimeoutError as _RequestTimeoutError
 from ..host import ModelHost
+from ..stats import HostStats
 from ._election import ServerLock, check_port, socket_path
 
 if TYPE_CHECKING:  # they import pyzmq (the "remote" extra): loaded when a host starts
@@ -221,6 +222,22 @@ class RemoteModelHost:
             if isinstance(error, _RequestTimeoutError):
                 raise  # the call's own outcome (the server's deadline, or the model's error)
             raise _RequestTimeoutError(f"no result within the deadline of {timeout} s") from None
+
+
+    def stats(self, timeout: float = 10.0) -> HostStats:
+        """The shared host's stats: the serving process's ``ModelHost.stats()``.
+
+        In a client process, one round trip to the server (within ``timeout``
+        seconds, else :class:`~batch_inference.errors.RequestTimeoutError`): every
+        process reports the same host, the one that holds the model.
+        """
+        if self._server is not None:
+            return self.local_host.stats()
+        client = self._client
+        if client is None:
+            raise HostNotRunningError(
+                "the remote host is not running: call start() (or use `with host:`) first")
+        return client.stats(checked_timeout(timeout))
 
 
 def _require_pyzmq() -> None:

@@ -42,6 +42,9 @@ class EmbeddingModel:
 
 
 class _Backend(Protocol):
+    #: Whose ``stats()`` the app's ``/metrics`` reports (``None``: no host, no metrics).
+    stats_host: Any
+
     async def start(self) -> None: ...
 
     async def predict(self, input_ids: Any, attention_mask: Any) -> Any: ...
@@ -51,6 +54,8 @@ class _Backend(Protocol):
 
 class _Direct:
     """Each request calls the model on its own query, in a pool of ``threads`` threads."""
+
+    stats_host = None
 
     def __init__(self, model: Any, threads: int) -> None:
         self._model = model
@@ -86,6 +91,7 @@ class _Hosted:
 
         self.host = ModelHost(model_obj=model, batcher=_batcher(settings.batcher),
                               max_batch_size=settings.max_batch_size)
+        self.stats_host = self.host
 
     async def start(self) -> None:
         self.host.start()
@@ -112,6 +118,7 @@ class _Remote:
             max_batch_size=settings.max_batch_size, wait_ms=0, wait_n=settings.max_batch_size,
             connect_timeout_s=300.0,  # the serving process may still be loading the model
         )(settings.model, settings.device)
+        self.stats_host = self.remote  # any process: the serving process's stats
 
     async def start(self) -> None:
         await self.remote.start()

@@ -158,6 +158,9 @@ def _families() -> dict[str, Any]:
         "efficiency": HistogramMetricFamily(
             p + "padding_efficiency_ratio", "Real tokens / padded tokens of each batch.",
             labels=host, unit="ratio"),
+        "batch_tokens": HistogramMetricFamily(
+            p + "batch_tokens", "Tokens the model computed per batch (with padding).",
+            labels=host),
         "real_tokens": CounterMetricFamily(
             p + "real_tokens", "Tokens of the requests that ran (without padding).", labels=host),
         "padded_tokens": CounterMetricFamily(
@@ -189,7 +192,8 @@ def _add_samples(families: dict[str, Any], name: str, stats: HostStats) -> None:
             sum_value=sum(size * n for size, n in sizes.items()))
     for key, histogram in (("queue_wait", stats.queue_wait_buckets_s),
                            ("model_time", stats.model_time_buckets_s),
-                           ("efficiency", stats.padding_efficiency_buckets)):
+                           ("efficiency", stats.padding_efficiency_buckets),
+                           ("batch_tokens", stats.batch_tokens_buckets)):
         families[key].add_metric([name], _buckets(histogram), sum_value=histogram.sum)
     families["real_tokens"].add_metric([name], stats.real_tokens)
     families["padded_tokens"].add_metric([name], stats.padded_tokens)

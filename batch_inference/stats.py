@@ -22,6 +22,8 @@ BATCH_REASONS: tuple[str, ...] = (*START_REASONS, "retry")
 TIME_BUCKETS_S: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+#: Upper bounds of the per-batch padded-token histogram buckets (powers of two).
+TOKEN_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(21))
 #: Upper bounds of the per-batch padding-efficiency histogram buckets.
 EFFICIENCY_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
@@ -143,6 +145,8 @@ class HostStats(BatchFigures):
         was created, in the buckets of ``TIME_BUCKETS_S`` (for Prometheus).
     padding_efficiency_buckets:
         Each batch's real / padded tokens, in the buckets of ``EFFICIENCY_BUCKETS``.
+    batch_tokens_buckets:
+        Each batch's padded tokens, in the buckets of ``TOKEN_BUCKETS``.
     """
 
     requests: int = 0
@@ -165,6 +169,7 @@ class HostStats(BatchFigures):
     queue_wait_buckets_s: Histogram = Histogram.empty(TIME_BUCKETS_S)
     model_time_buckets_s: Histogram = Histogram.empty(TIME_BUCKETS_S)
     padding_efficiency_buckets: Histogram = Histogram.empty(EFFICIENCY_BUCKETS)
+    batch_tokens_buckets: Histogram = Histogram.empty(TOKEN_BUCKETS)
 
     @property
     def batches_by_reason(self) -> dict[str, int]:
@@ -185,6 +190,7 @@ class StatsRecorder:
         self._wait_buckets = _Buckets(TIME_BUCKETS_S)
         self._model_buckets = _Buckets(TIME_BUCKETS_S)
         self._efficiency_buckets = _Buckets(EFFICIENCY_BUCKETS)
+        self._token_buckets = _Buckets(TOKEN_BUCKETS)
 
     def batch(
         self, size: int, real: int, padded: int, waits: Iterable[float], model_s: float,
@@ -212,6 +218,7 @@ class StatsRecorder:
             self._model_busy_s += model_s
             self._model_buckets.add(model_s)
             self._efficiency_buckets.add(real / padded if padded else 1.0)
+            self._token_buckets.add(padded)
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -244,4 +251,5 @@ class StatsRecorder:
                 queue_wait_buckets_s=self._wait_buckets.snapshot(),
                 model_time_buckets_s=self._model_buckets.snapshot(),
                 padding_efficiency_buckets=self._efficiency_buckets.snapshot(),
+                batch_tokens_buckets=self._token_buckets.snapshot(),
             )

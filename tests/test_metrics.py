@@ -43,6 +43,7 @@ FAMILIES = {
     "batch_inference_queue_wait_seconds": "histogram",
     "batch_inference_model_time_seconds": "histogram",
     "batch_inference_padding_efficiency_ratio": "histogram",
+    "batch_inference_batch_tokens": "histogram",
     "batch_inference_real_tokens": "counter",
     "batch_inference_padded_tokens": "counter",
     "batch_inference_model_busy_seconds": "counter",
@@ -102,6 +103,9 @@ def test_the_recorder_keeps_cumulative_buckets_and_sizes_by_reason() -> None:
     efficiency = stats.padding_efficiency_buckets
     assert efficiency.count == 3 and efficiency.sum == pytest.approx(0.75 + 1.0 + 0.75)
     assert dict(zip(efficiency.bounds, efficiency.cumulative))[0.8] == 2
+    tokens = stats.batch_tokens_buckets
+    assert (tokens.count, tokens.sum) == (3, 16.0)
+    assert dict(zip(tokens.bounds, tokens.cumulative))[4.0] == 2  # 4, 4 (then 8)
     assert stats.batch_sizes_by_reason["full"] == {2: 1}
     assert stats.batch_sizes_by_reason["retry"] == {1: 1}  # a retry is labelled retry
     assert stats.batch_sizes == {1: 2, 2: 1}  # every reason together
@@ -252,6 +256,7 @@ def test_the_apps_metrics_endpoint_reports_the_hosts_stats() -> None:
     assert sample(families, "batch_inference_model_time_seconds_count", **labels) == stats.batches
     assert sample(families, "batch_inference_padding_efficiency_ratio_count",
                   **labels) == stats.batches
+    assert sample(families, "batch_inference_batch_tokens_sum", **labels) == stats.padded_tokens
     assert sample(families, "batch_inference_real_tokens_total", **labels) == stats.real_tokens
     assert sample(families, "batch_inference_padded_tokens_total",
                   **labels) == stats.padded_tokens

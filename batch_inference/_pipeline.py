@@ -261,8 +261,10 @@ class Prefetcher:
                     return batch
 
     def _select(self, waiting: list[Request], now_s: float) -> Selection:
-        """Under the queue's lock: what the batcher selects for an idle model."""
-        return self._batcher.select(waiting, self._limits(), now_s)
+        """Under the queue's lock: what the batcher selects for an idle model, and why."""
+        limits = self._limits()
+        return _with_reason(self._batcher, waiting, self._batcher.select(waiting, limits, now_s),
+                            limits, now_s)
 
     def _choose(self, waiting: list[Request], now_s: float) -> Selection:
         """Under the queue's lock: a full batch that serves the oldest request, or nothing."""
@@ -273,7 +275,7 @@ class Prefetcher:
             busy = dataclasses.replace(current, model_busy=True)
             selection = self._batcher.select(waiting, busy, now_s)
         if selection is not None and 0 in selection.indices:
-            return selection
+            return _with_reason(self._batcher, waiting, selection, busy, now_s)
         # Nothing full serves the oldest yet: look again once a few more came.
         self._ahead_at = max(len(waiting) + max(1, current.full_size // 4), self._least())
         return _NOTHING
@@ -286,3 +288,12 @@ class Prefetcher:
 
     def _done(self) -> bool:
         return self._stopped or self._model_died is not None
+
+
+def _with_reason(batcher: Batcher, waiting: list[Request], selection: Selection,
+                 limits: BatchLimits, now_s: float) -> Selection:
+    """``selection`` with its start reason (``Batcher.start_reason``), once per batch."""
+    if not selection.indices or selection.reason is not None:
+        return selection
+    reason = batcher.start_reason(waiting, selection, limits, now_s)
+    return dataclasses.replace(selection, reason=reason)

@@ -142,6 +142,9 @@ class RequestQueue:
                     if wake_s is None or wake_s > now_s:
                         self._wait_idle(None if wake_s is None else wake_s - now_s)
                 chosen = self._remove(selection.indices)
+                if selection.reason is not None:  # the worker's stats label the batch with it
+                    for request in chosen:
+                        request.start_reason = selection.reason
                 if expire is None:
                     self._taken += len(chosen)
                     return chosen

@@ -23,7 +23,7 @@ class Request:
     (:meth:`ModelHost.predict`, :meth:`ModelHost.predict_async`).
     """
 
-    __slots__ = ("args", "info", "future", "enqueued_s", "deadline_s")
+    __slots__ = ("args", "info", "future", "enqueued_s", "deadline_s", "start_reason")
 
     def __init__(
         self,
@@ -38,6 +38,7 @@ class Request:
         self.future: Any = Future() if future is None else future
         self.enqueued_s = enqueued_s
         self.deadline_s = deadline_s
+        self.start_reason = "model_idle"  # why its batch started: set by the queue as it takes
 
 
 def make_request(

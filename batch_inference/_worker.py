@@ -205,6 +205,7 @@ class Worker:
             waits=() if retry else [started_s - r.enqueued_s for r in requests],
             model_s=time.monotonic() - started_s,
             retry=retry,
+            reason=requests[0].start_reason,
         )
 
     def _recover(self, requests: list[Request], error: Exception) -> None:

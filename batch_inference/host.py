@@ -292,9 +292,10 @@ class ModelHost(HostLifecycle):
         """
         scheduler = self._scheduler
         if scheduler is None:
-            return self._stats.snapshot(self._accepted_before, 0)
+            return self._stats.snapshot(self._accepted_before, 0, self.batch_limit)
         queue = scheduler.queue
-        return self._stats.snapshot(self._accepted_before + queue.accepted, len(queue))
+        return self._stats.snapshot(self._accepted_before + queue.accepted, len(queue),
+                                    scheduler.limits().max_batch_size)
 
     # ================================================================== requests: the one door
     # Each call makes a checked request (``_request.make_request``) with the future its

@@ -5,7 +5,10 @@
 last hidden state (what :class:`~benchmarks.bert.BertEmbedding`
 gives for that query alone), and the id of the process that answered.
 ``GET /health`` answers ``{"pid": ..., "weights": ..., "vocab_size": ...}`` (which
-weights the model holds) once the app has started.
+weights the model holds) once the app has started. ``GET /metrics`` answers the
+host's stats in Prometheus' text format (OpenMetrics when the scraper asks for
+it), labelled ``host="embeddings"`` (see :mod:`batch_inference.metrics`): for
+variant ``"remote"``, every worker process reports the one shared host.
 
 How the endpoint reaches the model is the *variant*:
 
@@ -64,6 +67,8 @@ __all__ = [
 
 #: Environment variable holding the JSON :class:`ServeSettings` of :func:`app_from_env`.
 SETTINGS_VARIABLE = "BATCH_INFERENCE_HTTP_SETTINGS"
+#: The ``host`` label of the app's metrics.
+METRICS_HOST = "embeddings"
 VARIANTS = ("direct", "host", "remote")
 BATCHERS = ("bucket", "seq")
 Variant = Literal["direct", "host", "remote"]
@@ -176,8 +181,12 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
     :class:`~batch_inference.ModelHost` (for ``stats()``), ``None`` otherwise.
     """
     import torch
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI, HTTPException, Request, Response
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
     from pydantic import BaseModel, Field
+
+    from ..metrics import register
 
     class EmbedRequest(BaseModel):
         input_ids: list[int] = Field(min_length=1, max_length=settings.max_length)
@@ -191,6 +200,9 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
             app.state.backend, app.state.vocab_size = backend, int(served.vocab_size)
             app.state.weights = str(getattr(served, "weights", "given by the caller"))
             app.state.host = getattr(backend, "host", None)  # the ModelHost, for its stats()
+            app.state.registry = CollectorRegistry()  # this app's own: /metrics reports it
+            if backend.stats_host is not None:
+                register(backend.stats_host, METRICS_HOST, app.state.registry)
             if ready is not None:
                 ready.write_text("ready\n", encoding="utf-8")
             yield
@@ -205,6 +217,13 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
     async def health() -> dict[str, Any]:
         return {"pid": os.getpid(), "weights": app.state.weights,
                 "vocab_size": app.state.vocab_size}
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept"))
+        # A remote client's stats are a round trip to the serving process: off the event loop.
+        body = await asyncio.to_thread(encoder, app.state.registry)
+        return Response(body, media_type=content_type)
 
     @app.post("/embed")
     async def embed(request: EmbedRequest) -> dict[str, Any]:

@@ -42,6 +42,8 @@ class EmbeddingModel:
 
 class Backend(Protocol):
     """What the endpoint awaits: started once, then one ``predict`` per request, then closed."""
+    #: Whose ``stats()`` the app's ``/metrics`` reports (``None``: no host, no metrics).
+    stats_host: Any
 
     async def start(self) -> None: ...
 
@@ -52,6 +54,8 @@ class Backend(Protocol):
 
 class DirectBackend:
     """Each request calls the model on its own query, in a pool of ``threads`` threads."""
+
+    stats_host = None
 
     def __init__(self, model: Any, threads: int) -> None:
         self._model = model
@@ -87,6 +91,7 @@ class HostedBackend:
 
         self.host = ModelHost(model_obj=model, batcher=_batcher(batcher),
                               max_batch_size=max_batch_size)
+        self.stats_host = self.host
 
     async def start(self) -> None:
         self.host.start()
@@ -115,6 +120,7 @@ class RemoteBackend:
             max_batch_size=max_batch_size, wait_ms=0, wait_n=max_batch_size,
             connect_timeout_s=300.0,  # the serving process may still be loading the model
         )(model, device)
+        self.stats_host = self.remote  # any process: the serving process's stats
 
     async def start(self) -> None:
         await self.remote.start()

@@ -87,7 +87,7 @@ if [ "$DRY" = 1 ]; then
 gpu_docs: dry run; the real run would:
   1. install the $(grep -c '==' "$LIST") wheels of $LIST from $WHEELS:
        $PYTHON -m pip install --no-index --no-deps --target \${GPU_DOCS_SITE:-\$(mktemp -d)} $WHEELS/*.whl
-     then import sphinx, sphinx_gallery, myst_parser, furo, pandas, matplotlib, tqdm, zmq, fastapi, uvicorn, httpx from it,
+     then import sphinx, sphinx_gallery, myst_parser, furo, pandas, matplotlib, tqdm, zmq, fastapi, uvicorn, httpx, prometheus_client from it,
      running everything with PYTHONPATH=<that folder>:$ROOT
   2. nvidia-smi > ${OUT_DIR:-OUT_DIR}/nvidia-smi.txt; sample GPU use every 2 s during the build
   3. clean docs/_build docs/auto_tutorials docs/_generated docs/api, then, bounded to ${BUILD_S} s:
@@ -120,7 +120,7 @@ export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c '
 import importlib, sys
 for name in ("sphinx", "sphinx_gallery", "myst_parser", "furo", "pandas", "matplotlib", "tqdm",
-             "zmq", "fastapi", "uvicorn", "httpx"):
+             "zmq", "fastapi", "uvicorn", "httpx", "prometheus_client"):
     module = importlib.import_module(name)
     where = "the wheels" if module.__file__.startswith(sys.argv[1]) else module.__file__
     version = getattr(module, "__version__", "")

@@ -153,7 +153,7 @@ def bodies(count: int, vocab_size: int, seed: int) -> list[dict]:
     return [{"input_ids": ids[0].tolist()} for ids, _ in make_queries(lengths, vocab_size, seed)]
 
 
-async def measure(servers: dict[str, UvicornServer]) -> tuple[dict, dict, dict]:
+async def measure(servers: dict[str, UvicornServer]) -> tuple[dict, dict, dict, list]:
     runs = {label: [] for label in servers}
     answers, health = {}, {}
     async with contextlib.AsyncExitStack() as stack:
@@ -176,7 +176,21 @@ async def measure(servers: dict[str, UvicornServer]) -> tuple[dict, dict, dict]:
                 if round_ == 0:
                     answers[label], result.outputs = result.outputs[:CHECKED], []
                 runs[label].append(result)
-    return runs, answers, health
+    return runs, answers, health, await scrape_metrics(servers[REMOTE])
+
+
+REMOTE = f"{SIZES['workers']} processes, RemoteModelHost"
+SCRAPES = 6
+
+
+async def scrape_metrics(server: UvicornServer) -> list[tuple[int, str]]:
+    """``GET /metrics`` after the load, each on a new connection: (the answering pid, the text)."""
+    scrapes = []
+    for _ in range(SCRAPES):
+        async with client_for(server) as client:  # one connection: /health and /metrics
+            pid = (await client.get("/health")).raise_for_status().json()["pid"]
+            scrapes.append((pid, (await client.get("/metrics")).raise_for_status().text))
+    return scrapes
 
 
 servers: dict[str, UvicornServer] = {}
@@ -188,7 +202,7 @@ with contextlib.ExitStack() as stack:
         servers[label].start()
     for server in servers.values():
         server.wait_ready()
-    runs, answers, health = asyncio.run(measure(servers))
+    runs, answers, health, scrapes = asyncio.run(measure(servers))
 print("every server stopped:", not any(server.running for server in servers.values()))
 for label, info in health.items():
     print(f"{label}: weights {info['weights']}")
@@ -275,3 +289,38 @@ save_results("http_serving", {
     "weights": {label: info["weights"] for label, info in health.items()},
     "rows": rows,
 })
+
+# %%
+# What the server reports: ``/metrics``
+# -------------------------------------
+# Every variant's app also answers ``GET /metrics`` in Prometheus' format
+# (:mod:`batch_inference.metrics`, see :doc:`/metrics`). After the load, this
+# page scraped the multi-process server a few times, each time on a new
+# connection (uvicorn hands each to one of its worker processes). The model
+# lives in one process, and a worker that does not hold it asks that process
+# for its stats: every worker reports the same single host, whose counts
+# cover the requests of every worker. A few lines of one scrape: requests by
+# outcome, batches by why they started, and the batch-size and queue-wait
+# histograms' totals.
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def completed(text: str) -> float:
+    return next(s.value for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == "batch_inference_requests_total"
+                and s.labels["outcome"] == "completed")
+
+
+counts = {completed(text) for _, text in scrapes}
+measured = sum(r.requests for r in runs[REMOTE])
+print(f"{len(scrapes)} scrapes, answered by {len({pid for pid, _ in scrapes})} worker "
+      f"process(es) of {SIZES['workers']}; completed requests in each: {sorted(counts)} "
+      f"(the measured runs alone sent {measured}, the warm-up the rest)")
+assert len(counts) == 1 and counts.pop() >= measured, "the workers report different hosts"
+shown = ("batch_inference_requests_total", "batch_inference_batches_total",
+         "batch_inference_batch_size_sum", "batch_inference_batch_size_count",
+         "batch_inference_queue_wait_seconds_sum", "batch_inference_queue_wait_seconds_count",
+         "batch_inference_padding_efficiency_ratio_sum")
+print("\n".join(line for line in scrapes[0][1].splitlines()
+                if line.startswith(shown) and not line.endswith(" 0.0")))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
-from .base import BatchLimits, Selection, Waiting
+from .base import BatchLimits, Selection, StartReason, Waiting
 from .seq_batcher import OutputSeqDim, SeqBatcher
 
 __all__ = ["LengthAwareBatcher"]
@@ -102,9 +102,10 @@ class LengthAwareBatcher(SeqBatcher):
             groups.setdefault(item.info.key, []).append(index)
         if not limits.model_busy:  # the model is free: the oldest's batch goes now
             oldest_due = now_s - head[0].enqueued_s >= limits.max_delay_s
-            return Selection(
-                self._next_batch(head, groups[head[0].info.key], limits, now_s, oldest_due)
-            )
+            chosen = self._next_batch(head, groups[head[0].info.key], limits, now_s, oldest_due)
+            reason = self._full_reason(head, list(chosen), limits) or (
+                "delay_elapsed" if oldest_due and limits.max_delay_s > 0 else "model_idle")
+            return Selection(chosen, reason=reason)
         candidates: list[list[int]] = []
         for members in groups.values():
             order = sorted(members, key=lambda i: head[i].info.length)
@@ -114,7 +115,8 @@ class LengthAwareBatcher(SeqBatcher):
         full = [chosen for chosen in candidates if self._full(head, chosen, limits)]
         if not full:
             return Selection()
-        return Selection(tuple(next((c for c in full if 0 in c), full[0])))
+        chosen = next((c for c in full if 0 in c), full[0])
+        return Selection(tuple(chosen), reason=self._full_reason(head, chosen, limits))
 
     # ------------------------------------------------------------------ helpers
     def _partition(
@@ -210,14 +212,20 @@ class LengthAwareBatcher(SeqBatcher):
 
     def _full(self, head: Sequence[Waiting], chosen: list[int], limits: BatchLimits) -> bool:
         """Whether waiting longer cannot make this batch larger."""
+        return self._full_reason(head, chosen, limits) is not None
+
+    def _full_reason(
+        self, head: Sequence[Waiting], chosen: list[int], limits: BatchLimits
+    ) -> StartReason | None:
+        """``"full"`` or ``"token_budget"`` when waiting cannot make ``chosen`` larger."""
         if len(chosen) >= limits.full_size:
-            return True
+            return "full"
         budget = limits.max_batch_tokens
-        if budget is None:
-            return False
+        if budget is None or not chosen:
+            return None
         infos = [head[i].info for i in chosen]
         longest = self.padded_length(max(info.length for info in infos))
-        return (sum(info.rows for info in infos) + 1) * longest > budget
+        return "token_budget" if (sum(info.rows for info in infos) + 1) * longest > budget else None
 
 
 

@@ -24,10 +24,18 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .._future import LightFuture, settle
-from ..errors import HostNotRunningError, HostStoppedError, RemoteHostLostError, WireFormatError
+from ..errors import (
+    HostNotRunningError,
+    HostStoppedError,
+    RemoteHostLostError,
+    RequestTimeoutError,
+    WireFormatError,
+)
+from ..stats import HostStats
 from . import _wire
 from ._inflight import InFlight
 from ._wakeup import Wakeup
+from ._wire_stats import decode_stats
 
 __all__ = ["RemoteClient"]
 
@@ -68,6 +76,7 @@ class RemoteClient:
         self._wakeup = Wakeup()
         self._outgoing: collections.deque[_Outgoing] = collections.deque()
         self._cancels: collections.deque[int] = collections.deque()
+        self._stats_asks: collections.deque[int] = collections.deque()  # see stats()
         # Whoever pops a call's entry settles it (the I/O thread) or abandons it (its caller):
         # dict.pop is atomic, so each call is settled exactly once.
         self._pending: dict[int, Future[Any] | LightFuture] = {}
@@ -119,6 +128,23 @@ class RemoteClient:
         event ``loop``), and its id, for :meth:`abandon`."""
         future = LightFuture(loop)
         return future, self._queue(args, deadline_s, future)
+
+    def stats(self, timeout_s: float | None) -> HostStats:
+        """The serving host's :class:`HostStats`, asked over the socket (within ``timeout_s``)."""
+        if self._refusing:
+            raise HostNotRunningError("the remote host is stopped: call start() first")
+        if not self._connected:
+            raise RemoteHostLostError(f"no server on {self.path.name}: {self._lost_reason}")
+        waiter = LightFuture()
+        request_id = next(self._ids)
+        self._pending[request_id] = waiter
+        self._stats_asks.append(request_id)
+        self._wakeup.set()
+        if not waiter.wait(timeout_s):
+            if self.abandon(request_id):
+                raise RequestTimeoutError(f"the server sent no stats within {timeout_s} s")
+            waiter.wait(None)  # the answer arrived as the time ran out: take it
+        return waiter.result()
 
     def abandon(self, request_id: int, reason: str = "cancelled") -> bool:
         """Drop a call its caller gave up on; ``False`` if the I/O thread is settling it.
@@ -198,6 +224,7 @@ class RemoteClient:
                     self._on_monitor()
                 self._wakeup.clear()
                 self._send_outgoing()
+                self._send_stats_asks()
             if self._cancels and self._connected:  # close() failed calls: the server drops them
                 self._send_outgoing()
                 linger_ms = 200  # a bounded moment for that last message to leave
@@ -280,6 +307,13 @@ class RemoteClient:
                 self._settle(request_id, error)
         elif kind == "bye":
             self._lose("the server stopped")
+        elif kind == "stats":
+            seq = header.get("seq")
+            for request_id in self._in_flight.refused(seq) if type(seq) is int else []:
+                try:
+                    self._settle(request_id, decode_stats(header.get("stats")), ok=True)
+                except WireFormatError as error:
+                    self._settle(request_id, error)
 
     def _on_result(self, item: Any, buffers: list[memoryview]) -> None:
         if not isinstance(item, dict) or type(item.get("id")) is not int:
@@ -339,3 +373,13 @@ class RemoteClient:
         if self._outgoing:
             self._wakeup.set()  # the rest did not fit in one message
 
+    def _send_stats_asks(self) -> None:
+        """Send the ``stats`` requests callers queued (each answered by a ``stats`` message)."""
+        while self._stats_asks:
+            request_id = self._stats_asks.popleft()
+            if request_id not in self._pending:
+                continue  # abandoned, or failed, before it left
+            seq = next(self._seqs)
+            self._in_flight.sent(seq, [request_id])  # so that a "refused" answer settles it too
+            if not self._send({"kind": "stats", "seq": seq}, []):
+                self._lose("could not send to the server")

@@ -24,6 +24,7 @@ from ..errors import HostNotRunningError, WireFormatError
 from ..host import ModelHost
 from . import _wire
 from ._wakeup import Wakeup
+from ._wire_stats import encode_stats
 
 __all__ = ["RemoteServer"]
 
@@ -131,6 +132,9 @@ class RemoteServer:
             elif kind == "call":
                 self._clients[identity] = None
                 self._on_call(identity, header, buffers)
+            elif kind == "stats":  # the host's stats, for a client's RemoteModelHost.stats()
+                self._send(identity, {"kind": "stats", "seq": seq,
+                                      "stats": encode_stats(self.host.stats())}, [])
             else:
                 raise WireFormatError(f"unknown message kind {kind!r}")
         except Exception as error:  # whatever a peer sends, the I/O thread lives on

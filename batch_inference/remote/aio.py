@@ -6,6 +6,7 @@ from typing import Any
 
 from .._lifecycle import AsyncHostLifecycle
 from ..batcher.base import Batcher
+from ..stats import HostStats
 from .host import RemoteModelHost
 
 __all__ = ["AsyncRemoteModelHost"]
@@ -50,3 +51,11 @@ class AsyncRemoteModelHost(AsyncHostLifecycle):
     async def predict(self, *args: Any, timeout: float | None = None) -> Any:
         """Run one request through the shared model; see ``RemoteModelHost.predict``."""
         return await self.sync_host.predict_async(*args, timeout=timeout)
+
+    def stats(self, timeout: float = 10.0) -> HostStats:
+        """The shared host's stats (see ``RemoteModelHost.stats``).
+
+        Blocks for one round trip in a client process: from a coroutine, call
+        it with ``await asyncio.to_thread(host.stats)``.
+        """
+        return self.sync_host.stats(timeout)

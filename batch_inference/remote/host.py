@@ -7,12 +7,14 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from .._checks import checked_timeout
 from .._future import wait_async, wait_blocking
 from .._lifecycle import HostLifecycle
 from .._request import deadline_of
 from ..batcher.base import Batcher
 from ..errors import ConfigurationError, HostNotRunningError, RemoteHostLostError
 from ..host import ModelHost
+from ..stats import HostStats
 from ._election import ServerLock, check_port, socket_path
 from ._settings import DEFAULT_MAX_MESSAGE_BYTES, RemoteSettings
 
@@ -262,6 +264,22 @@ class RemoteModelHost(HostLifecycle):
             raise HostNotRunningError(
                 "the remote host is not running: call start() (or use `with host:`) first")
         return client
+
+
+    def stats(self, timeout: float = 10.0) -> HostStats:
+        """The shared host's stats: the serving process's ``ModelHost.stats()``.
+
+        In a client process, one round trip to the server (within ``timeout``
+        seconds, else :class:`~batch_inference.errors.RequestTimeoutError`): every
+        process reports the same host, the one that holds the model.
+        """
+        if self._server is not None:
+            return self.local_host.stats()
+        client = self._client
+        if client is None:
+            raise HostNotRunningError(
+                "the remote host is not running: call start() (or use `with host:`) first")
+        return client.stats(checked_timeout(timeout))
 
 
 def _require_pyzmq() -> None:

@@ -186,7 +186,7 @@ def create_app(settings: ServeSettings, model: Any | None = None) -> Any:
     from prometheus_client.exposition import choose_encoder
     from pydantic import BaseModel, Field
 
-    from ..metrics import register
+    from batch_inference.metrics import register
 
     class EmbedRequest(BaseModel):
         input_ids: list[int] = Field(min_length=1, max_length=settings.max_length)

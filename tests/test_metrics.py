@@ -218,7 +218,7 @@ def run(coroutine: Any) -> Any:
 def test_the_apps_metrics_endpoint_reports_the_hosts_stats() -> None:
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
-    from batch_inference.benchmark.http_app import METRICS_HOST, ServeSettings, create_app
+    from benchmarks.http_app import METRICS_HOST, ServeSettings, create_app
 
     app = create_app(ServeSettings(variant="host", max_batch_size=8), model=embedding_model())
     rng = np.random.default_rng(0)
@@ -278,7 +278,7 @@ def test_the_apps_metrics_endpoint_reports_the_hosts_stats() -> None:
 def test_the_unbatched_variant_has_no_host_to_report() -> None:
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
-    from batch_inference.benchmark.http_app import ServeSettings, create_app
+    from benchmarks.http_app import ServeSettings, create_app
 
     app = create_app(ServeSettings(variant="direct"), model=embedding_model())
 

@@ -28,8 +28,7 @@ from typing import Any
 import torch
 
 from batch_inference.benchmark.generation import load_gpt2, make_workload
-from batch_inference.generation import GenerationHost
-from batch_inference.generation import _loop
+from batch_inference.generation import GenerationHost, _loop
 from batch_inference.generation.host import as_step_model
 
 

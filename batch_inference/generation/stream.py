@@ -1,8 +1,9 @@
 """One caller's tokens as they are generated: a thread iterator and an async iterator.
 
-The worker appends tokens with :func:`publish` (one lock per stream, one
-``call_soon_threadsafe`` per event loop and step) and ends a stream with
-:meth:`TokenStream._close` once its request's future is settled. The caller
+The worker appends tokens to a request's :class:`StreamState` with
+:func:`publish` (one lock per stream, one ``call_soon_threadsafe`` per event
+loop and step) and ends it with :meth:`StreamState._close` once its request's
+future is settled. The caller
 reads the stream from any thread (``for token in stream``), from asyncio
 (``async for token in stream``), or waits for the whole completion
 (:meth:`TokenStream.result`, ``await stream``).
@@ -17,33 +18,24 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import CancelledError
 from typing import Any
 
+from ._sampling import RowSampler
+
 __all__ = ["TokenStream"]
 
 #: ``(loop, waiter)``: an asyncio reader waiting for the next token or the end.
 _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future]
 
 
-class TokenStream:
-    """The tokens generated for one prompt, readable while they are generated.
+class StreamState:
+    """What the worker writes for one request: its settings, tokens, readers and end.
 
-    Iterating yields every generated token once, in order, then stops; when the
-    request failed (deadline, stop, model error) the iteration raises that error
-    after the tokens that were generated; when it was cancelled it just stops.
-    Several readers may iterate the same stream; each sees every token.
-
-    Attributes
-    ----------
-    prompt:
-        The prompt's token ids.
-    max_new_tokens:
-        Most tokens this request generates.
-    queued_s:
-        ``time.monotonic()`` when the request was queued.
-    deadline_s:
-        ``time.monotonic()`` deadline of the request, or ``None``.
-    first_token_s, finished_s:
-        ``time.monotonic()`` of its first token and of its end (``None`` until then).
+    The request carries this, not the :class:`TokenStream`, so that the caller's
+    stream can be garbage collected (dropping it cancels the request).
     """
+
+    __slots__ = ("prompt", "max_new_tokens", "queued_s", "deadline_s", "first_token_s",
+                 "finished_s", "sampler", "stop_ids", "cancel_requested", "_future", "_tokens",
+                 "_done", "_changed", "_sleepers", "_waiters", "_end_waiters")
 
     def __init__(
         self,
@@ -52,23 +44,27 @@ class TokenStream:
         future: Any,
         queued_s: float,
         deadline_s: float | None = None,
+        sampler: RowSampler | None = None,
+        stop_ids: frozenset[int] = frozenset(),
     ) -> None:
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.queued_s = queued_s
         self.deadline_s = deadline_s
+        self.first_token_s: float | None = None
         self.finished_s: float | None = None
-        self._future = future  # the request's concurrent.futures.Future
+        self.sampler = sampler  # None: greedy
+        self.stop_ids = stop_ids  # besides the host's eos_token_id
+        #: Set by the caller's side (cancel(), a dropped stream...); the worker drops the row.
+        self.cancel_requested = False
+        self._future = future  # the request's future
         self._tokens: list[int] = []
         self._done = False
         self._changed = threading.Condition(threading.Lock())
+        self._sleepers = 0  # threads waiting on _changed (publish notifies only if any)
         self._waiters: list[_Waiter] = []  # async readers: woken by every token and the end
         self._end_waiters: list[_Waiter] = []  # awaiting the whole completion: by the end only
-        self._cancel: Callable[[], None] = lambda: None
-        self.cancel_requested = False
-        self.first_token_s: float | None = None
 
-    # ------------------------------------------------------------------ caller side
     @property
     def tokens(self) -> list[int]:
         """A copy of the tokens generated so far."""
@@ -76,123 +72,8 @@ class TokenStream:
             return list(self._tokens)
 
     def __len__(self) -> int:
-        """Tokens generated so far."""
         return len(self._tokens)
 
-    def done(self) -> bool:
-        """Whether the stream has ended (completed, failed or cancelled)."""
-        return self._done
-
-    def cancelled(self) -> bool:
-        """Whether the request ended because its caller cancelled it."""
-        return self._future.cancelled() or isinstance(self._exception(), CancelledError)
-
-    def cancel(self) -> None:
-        """Stop generating: a queued request is dropped, a running row leaves at the next step.
-
-        The stream then ends (its tokens so far stay readable); :meth:`result`
-        raises :class:`concurrent.futures.CancelledError`. Cancelling a finished
-        stream does nothing.
-        """
-        self.cancel_requested = True
-        self._cancel()
-
-    def result(self, timeout: float | None = None) -> list[int]:
-        """The whole completion (generated tokens, prompt excluded).
-
-        Raises ``TimeoutError`` when it is not done within ``timeout`` seconds,
-        and the request's error when it failed.
-        """
-        return self._future.result(timeout)
-
-    def iter(self, timeout: float | None = None) -> Generator[int, None, None]:
-        """The tokens as they come; ``TimeoutError`` when none comes within ``timeout`` s."""
-        index = 0
-        while True:
-            with self._changed:
-                deadline_s = None if timeout is None else time.monotonic() + timeout
-                while index >= len(self._tokens) and not self._done:
-                    left = None if deadline_s is None else deadline_s - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError(f"no token within timeout={timeout!r} s")
-                    self._changed.wait(left)
-                fresh = self._tokens[index:]
-                ended = self._done
-            index += len(fresh)
-            yield from fresh
-            if ended and not fresh:
-                self._raise_outcome()
-                return
-
-    def __iter__(self) -> Iterator[int]:
-        return self.iter()
-
-    async def _aiter(self) -> AsyncIterator[int]:
-        loop = asyncio.get_running_loop()
-        index = 0
-        while True:
-            with self._changed:
-                fresh = self._tokens[index:]
-                ended = self._done
-                waiter = None
-                if not fresh and not ended:
-                    waiter = loop.create_future()
-                    self._waiters.append((loop, waiter))
-            if waiter is not None:
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    self._forget(waiter)
-                    raise
-                continue
-            index += len(fresh)
-            for token in fresh:
-                yield token
-            if ended and not fresh:
-                self._raise_outcome()
-                return
-
-    def __aiter__(self) -> AsyncIterator[int]:
-        return self._aiter()
-
-    def __await__(self) -> Generator[Any, None, list[int]]:
-        return self._wait_async().__await__()
-
-    async def _wait_async(self) -> list[int]:
-        loop = asyncio.get_running_loop()
-        while True:
-            with self._changed:
-                if self._done:
-                    break
-                waiter = loop.create_future()
-                self._end_waiters.append((loop, waiter))
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                self._forget(waiter)
-                self.cancel()  # the awaiting task was cancelled: its row leaves at the next step
-                raise
-        return self.result(0)
-
-    def _forget(self, waiter: asyncio.Future) -> None:
-        with self._changed:
-            self._waiters = [w for w in self._waiters if w[1] is not waiter]
-            self._end_waiters = [w for w in self._end_waiters if w[1] is not waiter]
-
-    def _exception(self) -> BaseException | None:
-        future = self._future
-        if not future.done() or future.cancelled():
-            return None
-        return future.exception()
-
-    def _raise_outcome(self) -> None:
-        if self._future.cancelled():
-            return
-        error = self._exception()
-        if error is not None and not isinstance(error, CancelledError):
-            raise error
-
-    # ------------------------------------------------------------------ worker side
     def _take_waiters(self) -> list[_Waiter]:
         """Hand the waiting async readers to the caller (locked by the caller)."""
         waiters, self._waiters = self._waiters, []
@@ -209,7 +90,221 @@ class TokenStream:
         _wake(waiters)
 
 
-def publish(items: list[tuple[TokenStream, int]]) -> None:
+class TokenStream:
+    """The tokens generated for one prompt, readable while they are generated.
+
+    Iterating yields every generated token once, in order, then stops; when the
+    request failed (deadline, stop, model error) the iteration raises that error
+    after the tokens that were generated; when it was cancelled it just stops.
+    Several readers may iterate the same stream; each sees every token.
+
+    The request is cancelled (its row leaves the running batch at the next
+    step) by :meth:`cancel`, by cancelling an asyncio task that iterates or
+    awaits the stream, by a reader's ``iter(timeout=...)`` running out, and
+    when the stream is garbage collected before it ended (nobody can read it
+    any more: e.g. a ``for token in host.stream(...)`` loop left with
+    ``break``). Leaving a loop early while still holding the stream does not
+    cancel it: another reader, or :meth:`result`, may still want the rest.
+
+    Attributes
+    ----------
+    prompt:
+        The prompt's token ids.
+    max_new_tokens:
+        Most tokens this request generates.
+    queued_s:
+        ``time.monotonic()`` when the request was queued.
+    deadline_s:
+        ``time.monotonic()`` deadline of the request, or ``None``.
+    first_token_s, finished_s:
+        ``time.monotonic()`` of its first token and of its end (``None`` until then).
+    """
+
+    def __init__(self, state: StreamState, cancel: Callable[[], None] = lambda: None) -> None:
+        self._state = state
+        self._cancel = cancel
+
+    def __del__(self) -> None:
+        # Only a flag (no lock): this may run in any thread, at any point of the
+        # cyclic garbage collector. The worker drops the row at its next step boundary.
+        state = getattr(self, "_state", None)
+        if state is not None and not state._done:
+            state.cancel_requested = True
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def prompt(self) -> list[int]:
+        return self._state.prompt
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self._state.max_new_tokens
+
+    @property
+    def queued_s(self) -> float:
+        return self._state.queued_s
+
+    @property
+    def deadline_s(self) -> float | None:
+        return self._state.deadline_s
+
+    @property
+    def first_token_s(self) -> float | None:
+        return self._state.first_token_s
+
+    @property
+    def finished_s(self) -> float | None:
+        return self._state.finished_s
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether the request was asked to stop (by any of the ways listed above)."""
+        return self._state.cancel_requested
+
+    @property
+    def tokens(self) -> list[int]:
+        """A copy of the tokens generated so far."""
+        return self._state.tokens
+
+    def __len__(self) -> int:
+        """Tokens generated so far."""
+        return len(self._state._tokens)
+
+    # ------------------------------------------------------------------ outcome
+    def done(self) -> bool:
+        """Whether the stream has ended (completed, failed or cancelled)."""
+        return self._state._done
+
+    def cancelled(self) -> bool:
+        """Whether the request ended because its caller cancelled it."""
+        return self._state._future.cancelled() or isinstance(self._exception(), CancelledError)
+
+    def cancel(self) -> None:
+        """Stop generating: a queued request is dropped, a running row leaves at the next step.
+
+        The stream then ends (its tokens so far stay readable); :meth:`result`
+        raises :class:`concurrent.futures.CancelledError`. Cancelling a finished
+        stream does nothing.
+        """
+        if self._state._done:
+            return
+        self._state.cancel_requested = True
+        self._cancel()
+
+    def result(self, timeout: float | None = None) -> list[int]:
+        """The whole completion (generated tokens, prompt excluded).
+
+        Raises ``TimeoutError`` when it is not done within ``timeout`` seconds
+        (the request goes on), and the request's error when it failed.
+        """
+        return self._state._future.result(timeout)
+
+    # ------------------------------------------------------------------ readers
+    def iter(self, timeout: float | None = None) -> Generator[int, None, None]:
+        """The tokens as they come.
+
+        ``TimeoutError`` when none comes within ``timeout`` seconds: the reader
+        gave up, so the request is cancelled.
+        """
+        state = self._state
+        index = 0
+        while True:
+            with state._changed:
+                deadline_s = None if timeout is None else time.monotonic() + timeout
+                while index >= len(state._tokens) and not state._done:
+                    left = None if deadline_s is None else deadline_s - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    state._sleepers += 1
+                    try:
+                        state._changed.wait(left)
+                    finally:
+                        state._sleepers -= 1
+                fresh = state._tokens[index:]
+                ended = state._done
+            if not fresh and not ended:
+                self.cancel()
+                raise TimeoutError(f"no token within timeout={timeout!r} s")
+            index += len(fresh)
+            yield from fresh
+            if ended and not fresh:
+                self._raise_outcome()
+                return
+
+    def __iter__(self) -> Iterator[int]:
+        return self.iter()
+
+    async def _aiter(self) -> AsyncIterator[int]:
+        state = self._state
+        loop = asyncio.get_running_loop()
+        index = 0
+        while True:
+            with state._changed:
+                fresh = state._tokens[index:]
+                ended = state._done
+                waiter = None
+                if not fresh and not ended:
+                    waiter = loop.create_future()
+                    state._waiters.append((loop, waiter))
+            if waiter is not None:
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    self._forget(waiter)
+                    self.cancel()  # the reading task was cancelled (or timed out)
+                    raise
+                continue
+            index += len(fresh)
+            for token in fresh:
+                yield token
+            if ended and not fresh:
+                self._raise_outcome()
+                return
+
+    def __aiter__(self) -> AsyncIterator[int]:
+        return self._aiter()
+
+    def __await__(self) -> Generator[Any, None, list[int]]:
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> list[int]:
+        state = self._state
+        loop = asyncio.get_running_loop()
+        while True:
+            with state._changed:
+                if state._done:
+                    break
+                waiter = loop.create_future()
+                state._end_waiters.append((loop, waiter))
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._forget(waiter)
+                self.cancel()  # the awaiting task was cancelled: its row leaves at the next step
+                raise
+        return self.result(0)
+
+    def _forget(self, waiter: asyncio.Future) -> None:
+        state = self._state
+        with state._changed:
+            state._waiters = [w for w in state._waiters if w[1] is not waiter]
+            state._end_waiters = [w for w in state._end_waiters if w[1] is not waiter]
+
+    def _exception(self) -> BaseException | None:
+        future = self._state._future
+        if not future.done() or future.cancelled():
+            return None
+        return future.exception()
+
+    def _raise_outcome(self) -> None:
+        if self._state._future.cancelled():
+            return
+        error = self._exception()
+        if error is not None and not isinstance(error, CancelledError):
+            raise error
+
+
+def publish(items: list[tuple[StreamState, int]]) -> None:
     """Append one token to each stream and wake its readers (one wake-up per loop)."""
     waiters: list[_Waiter] = []
     now_s = time.monotonic()
@@ -218,7 +313,8 @@ def publish(items: list[tuple[TokenStream, int]]) -> None:
             if stream.first_token_s is None:
                 stream.first_token_s = now_s
             stream._tokens.append(token)
-            stream._changed.notify_all()
+            if stream._sleepers:
+                stream._changed.notify_all()
             if stream._waiters:
                 waiters.extend(stream._take_waiters())
     _wake(waiters)

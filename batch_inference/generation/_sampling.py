@@ -7,9 +7,9 @@ Hugging Face ``generate`` applies them), and draws one token by inverse CDF with
 one uniform number from its *own* ``torch.Generator``. Each row's draw depends on
 its own logits and its own generator only, so a seeded request gets the same
 tokens whatever shares its batch and whenever it joined (given the same logits,
-which is the step-wise protocol's contract). Sampled rows are computed together
-(one sort for all of them), in float64, on the logits' device; on a CPU the sort
-is NumPy's (several times faster than torch's there).
+which is the step-wise protocol's contract). Sampled rows are computed together,
+in float64: with NumPy on a CPU (its sort and reductions are several times
+torch's there), with torch on the logits' device otherwise.
 """
 
 from __future__ import annotations
@@ -113,14 +113,20 @@ def checked_stop_ids(stop_token_ids: Any, vocab_size: int | None) -> frozenset[i
 def next_tokens(logits: Any, samplers: Sequence[RowSampler | None]) -> list[int]:
     """Row ``i``'s next token from ``logits[i]``: argmax, or a draw by ``samplers[i]``.
 
-    ``logits`` is ``(rows, vocab)``, a torch tensor or a NumPy array.
+    ``logits`` is ``(rows, vocab)``, a torch tensor or a NumPy array. Rows that
+    sample from the whole vocabulary and rows that keep a top-k or top-p set are
+    drawn in two groups: which way a row is drawn depends on its own settings only.
     """
     tokens = _argmax(logits)
-    sampled = [i for i, s in enumerate(samplers) if s is not None]
-    if sampled:
-        drawn = _draw(logits, [samplers[i] for i in sampled], sampled)  # type: ignore[misc]
-        for i, token in zip(sampled, drawn):
-            tokens[i] = token
+    plain, filtered = [], []
+    for i, sampler in enumerate(samplers):
+        if sampler is not None:
+            (plain if sampler.top_k is None and sampler.top_p == 1 else filtered).append(i)
+    for rows in (plain, filtered):
+        if rows:
+            drawn = _draw(logits, [samplers[i] for i in rows], rows)  # type: ignore[misc]
+            for i, token in zip(rows, drawn):
+                tokens[i] = token
     return tokens
 
 
@@ -135,46 +141,71 @@ def _argmax(logits: Any) -> list[int]:
 
 def _draw(logits: Any, samplers: list[RowSampler], rows: list[int]) -> list[int]:
     """One token for each of ``rows``, drawn with its sampler (see the module docstring)."""
+    uniforms = np.array([s.uniform() for s in samplers])
+    if isinstance(logits, np.ndarray) or logits.device.type == "cpu":
+        x = np.asarray(logits.detach() if hasattr(logits, "detach") else logits)
+        return _draw_numpy(x[rows], samplers, uniforms)
+    return _draw_torch(logits, samplers, rows, uniforms)
+
+
+def _draw_numpy(x: np.ndarray, samplers: list[RowSampler], uniforms: np.ndarray) -> list[int]:
+    """:func:`_draw` on a CPU, with NumPy (its sort and reductions are several times torch's).
+
+    Top-k and top-p become one threshold per row, found on the row's values
+    sorted (no argsort): tokens below it get weight 0; ties at the threshold
+    stay, as in Hugging Face's warpers. The draw is then made in vocabulary order.
+    """
+    x = x / np.array([s.temperature for s in samplers])[:, None]  # float64 from here on
+    top = x.max(axis=1, keepdims=True)
+    weights = np.exp(x - top)
+    if not all(s.top_k is None and s.top_p == 1 for s in samplers):
+        rows = np.arange(len(samplers))
+        ranked = np.sort(x, axis=1)[:, ::-1]  # largest first
+        ks = np.array([x.shape[1] if s.top_k is None else min(s.top_k, x.shape[1])
+                       for s in samplers])
+        threshold = ranked[rows, ks - 1]  # the k-th largest value
+        ranked_weights = np.exp(ranked - top)
+        ranked_weights[ranked < threshold[:, None]] = 0.0
+        cumulative = np.cumsum(ranked_weights, axis=1)
+        ps = np.array([s.top_p for s in samplers])
+        # the smallest set of most likely tokens whose probability reaches top_p
+        reached = (cumulative >= ps[:, None] * cumulative[:, -1:]).argmax(axis=1)
+        threshold = np.where(ps < 1, np.maximum(threshold, ranked[rows, reached]), threshold)
+        weights[x < threshold[:, None]] = 0.0
+    return _pick(np.cumsum(weights, axis=1), uniforms).tolist()
+
+
+def _pick(cdf: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Inverse CDF: the first token whose cumulative weight exceeds ``u`` times the total."""
+    picked = (cdf <= (uniforms * cdf[:, -1])[:, None]).sum(axis=1)
+    return np.minimum(picked, cdf.argmax(axis=1))  # u * total rounded up: the last one kept
+
+
+def _draw_torch(logits: Any, samplers: list[RowSampler], rows: list[int],
+                uniforms: np.ndarray) -> list[int]:
+    """:func:`_draw_numpy`'s steps in torch, on the logits' device (a GPU)."""
     import torch
 
-    x = torch.as_tensor(logits)
-    device = x.device
-    index = torch.tensor(rows, device=device)
-    x = x.index_select(0, index).to(torch.float64)
+    device = logits.device
+    x = logits.index_select(0, torch.tensor(rows, device=device)).to(torch.float64)
     x = x / torch.tensor([s.temperature for s in samplers], dtype=torch.float64,
                          device=device)[:, None]
-    uniforms = torch.tensor([s.uniform() for s in samplers], dtype=torch.float64,
-                            device=device)[:, None]
-    vocab = x.shape[1]
-    if all(s.top_k is None and s.top_p == 1 for s in samplers):  # no sort needed
-        probs = torch.softmax(x, dim=-1)
-        order = None
-    else:
-        x, order = _sort_descending(x)
-        ks = torch.tensor([vocab if s.top_k is None else min(s.top_k, vocab) for s in samplers],
-                          device=device)[:, None]
-        dropped = torch.arange(vocab, device=device)[None, :] >= ks
-        probs = torch.softmax(x.masked_fill(dropped, -math.inf), dim=-1)
-        ps = torch.tensor([s.top_p for s in samplers], dtype=torch.float64,
-                          device=device)[:, None]
-        # a token leaves once the more likely ones reach top_p (the first one always stays)
-        dropped |= (probs.cumsum(-1) - probs) >= ps
-        probs = probs.masked_fill(dropped, 0.0)
-    cdf = probs.cumsum(-1)
-    picked = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True)
-    if bool((picked >= vocab).any()):  # u * total rounded up to the total: the last one kept
-        picked = torch.where(picked >= vocab, cdf.argmax(-1, keepdim=True), picked)
-    if order is not None:
-        picked = order.gather(1, picked)
-    return picked[:, 0].tolist()
-
-
-def _sort_descending(x: Any) -> tuple[Any, Any]:
-    """``x`` sorted along its last dimension, largest first (stable), and the order."""
-    import torch
-
-    if x.device.type != "cpu":
-        return torch.sort(x, dim=-1, descending=True, stable=True)
-    order = np.argsort(-x.numpy(), axis=-1, kind="stable")
-    sorted_x = np.take_along_axis(x.numpy(), order, axis=-1)
-    return torch.from_numpy(sorted_x), torch.from_numpy(order)
+    top = x.max(dim=1, keepdim=True).values
+    weights = torch.exp(x - top)
+    if not all(s.top_k is None and s.top_p == 1 for s in samplers):
+        index = torch.arange(len(samplers), device=device)
+        ranked = torch.sort(x, dim=1, descending=True).values
+        ks = torch.tensor([x.shape[1] if s.top_k is None else min(s.top_k, x.shape[1])
+                           for s in samplers], device=device)
+        threshold = ranked[index, ks - 1]
+        ranked_weights = torch.exp(ranked - top).masked_fill(ranked < threshold[:, None], 0.0)
+        cumulative = ranked_weights.cumsum(1)
+        ps = torch.tensor([s.top_p for s in samplers], dtype=torch.float64, device=device)
+        reached = (cumulative >= ps[:, None] * cumulative[:, -1:]).long().argmax(1)
+        threshold = torch.where(ps < 1, torch.maximum(threshold, ranked[index, reached]),
+                                threshold)
+        weights = weights.masked_fill(x < threshold[:, None], 0.0)
+    cdf = weights.cumsum(1)
+    targets = torch.as_tensor(uniforms, device=device)[:, None] * cdf[:, -1:]
+    picked = torch.minimum((cdf <= targets).sum(1), cdf.argmax(1))
+    return picked.tolist()

@@ -145,8 +145,17 @@ class DecodeLoop:
     def _join(self, requests: list[Request]) -> None:
         """Prefill ``requests`` and add the ones not finished at once to the running batch.
 
-        When the prefill raises, the group is split (see :meth:`_isolate`).
+        When the prefill raises an ``Exception``, the group is split (see
+        :meth:`_isolate`); a ``BaseException`` breaks the host, and every
+        request of the group not answered yet is answered with the others.
         """
+        try:
+            self._join_group(requests)
+        except BaseException:
+            self._rows += [r for r in requests if not r.future.done() and r not in self._rows]
+            raise
+
+    def _join_group(self, requests: list[Request]) -> None:
         requests = self._still_wanted(requests)
         if not requests:
             return
@@ -185,8 +194,8 @@ class DecodeLoop:
             self._fail(requests, error, "failed")
             return
         half = (len(requests) + 1) // 2
-        self._join(requests[:half])
-        self._join(requests[half:])
+        self._join_group(requests[:half])
+        self._join_group(requests[half:])
 
     def _still_wanted(self, requests: list[Request]) -> list[Request]:
         """``requests`` less those cancelled (their stream dropped) or past their deadline."""

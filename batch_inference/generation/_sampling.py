@@ -164,21 +164,21 @@ def _draw_numpy(x: np.ndarray, samplers: list[RowSampler], uniforms: np.ndarray)
         ks = np.array([x.shape[1] if s.top_k is None else min(s.top_k, x.shape[1])
                        for s in samplers])
         threshold = ranked[rows, ks - 1]  # the k-th largest value
-        ranked_weights = np.exp(ranked - top)
-        ranked_weights[ranked < threshold[:, None]] = 0.0
+        ranked_weights = np.exp(ranked - top) * (ranked >= threshold[:, None])
         cumulative = np.cumsum(ranked_weights, axis=1)
         ps = np.array([s.top_p for s in samplers])
         # the smallest set of most likely tokens whose probability reaches top_p
-        reached = (cumulative >= ps[:, None] * cumulative[:, -1:]).argmax(axis=1)
+        reached = (cumulative < ps[:, None] * cumulative[:, -1:]).sum(axis=1)
         threshold = np.where(ps < 1, np.maximum(threshold, ranked[rows, reached]), threshold)
-        weights[x < threshold[:, None]] = 0.0
+        weights *= x >= threshold[:, None]
     return _pick(np.cumsum(weights, axis=1), uniforms).tolist()
 
 
 def _pick(cdf: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """Inverse CDF: the first token whose cumulative weight exceeds ``u`` times the total."""
     picked = (cdf <= (uniforms * cdf[:, -1])[:, None]).sum(axis=1)
-    return np.minimum(picked, cdf.argmax(axis=1))  # u * total rounded up: the last one kept
+    last = (cdf < cdf[:, -1:]).sum(axis=1)  # where the cdf is full: the last token kept
+    return np.minimum(picked, last)  # u * total may round up to the total
 
 
 def _draw_torch(logits: Any, samplers: list[RowSampler], rows: list[int],
@@ -198,14 +198,14 @@ def _draw_torch(logits: Any, samplers: list[RowSampler], rows: list[int],
         ks = torch.tensor([x.shape[1] if s.top_k is None else min(s.top_k, x.shape[1])
                            for s in samplers], device=device)
         threshold = ranked[index, ks - 1]
-        ranked_weights = torch.exp(ranked - top).masked_fill(ranked < threshold[:, None], 0.0)
+        ranked_weights = torch.exp(ranked - top) * (ranked >= threshold[:, None])
         cumulative = ranked_weights.cumsum(1)
         ps = torch.tensor([s.top_p for s in samplers], dtype=torch.float64, device=device)
-        reached = (cumulative >= ps[:, None] * cumulative[:, -1:]).long().argmax(1)
+        reached = (cumulative < ps[:, None] * cumulative[:, -1:]).sum(1)
         threshold = torch.where(ps < 1, torch.maximum(threshold, ranked[index, reached]),
                                 threshold)
-        weights = weights.masked_fill(x < threshold[:, None], 0.0)
+        weights = weights * (x >= threshold[:, None])
     cdf = weights.cumsum(1)
     targets = torch.as_tensor(uniforms, device=device)[:, None] * cdf[:, -1:]
-    picked = torch.minimum((cdf <= targets).sum(1), cdf.argmax(1))
+    picked = torch.minimum((cdf <= targets).sum(1), (cdf < cdf[:, -1:]).sum(1))
     return picked.tolist()

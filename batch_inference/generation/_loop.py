@@ -25,9 +25,9 @@ from .._request import Request, settle
 from ..batcher.base import Batcher, BatchLimits
 from ..errors import HostStoppedError, RequestTimeoutError
 from ._sampling import next_tokens
+from ._stream_state import StreamState, publish
 from .protocol import RunningBatch, StepModel
 from .stats import GenerationRecorder
-from .stream import StreamState, publish
 
 #: ``continuous``: requests join at every step boundary; ``static``: only when the batch is empty.
 Policy = Literal["continuous", "static"]

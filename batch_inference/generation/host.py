@@ -21,9 +21,10 @@ from ..errors import (
 from ._loop import DecodeLoop, Policy, fail
 from ._prompts import checked_max_new_tokens, checked_prompt
 from ._sampling import checked_sampler, checked_stop_ids
+from ._stream_state import StreamState
 from .protocol import StepModel
 from .stats import GenerationRecorder, GenerationStats
-from .stream import StreamState, TokenStream
+from .stream import TokenStream
 
 __all__ = ["GenerationHost"]
 

@@ -242,3 +242,11 @@ def test_the_device_path_draws_what_the_cpu_path_draws() -> None:
     on_cpu = _draw_numpy(logits.numpy(), samplers, uniforms)
     assert _draw_torch(logits, samplers, rows, uniforms) == on_cpu
     assert len(set(on_cpu)) > 20
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_half_precision_cpu_logits_are_chosen_from(dtype: torch.dtype) -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, -1.0]], dtype=dtype)
+    assert next_tokens(logits, [None, None]) == [1, 0]
+    drawn = next_tokens(logits, [RowSampler(1.0, 1, 1.0, seed=0), RowSampler(1.0, 1, 1.0, seed=1)])
+    assert drawn == [1, 0]  # top_k=1: the argmax, drawn through the sampling path

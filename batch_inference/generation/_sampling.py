@@ -135,15 +135,23 @@ def _argmax(logits: Any) -> list[int]:
     if isinstance(logits, np.ndarray):
         return logits.argmax(-1).tolist()
     if logits.device.type == "cpu":  # NumPy's argmax is vectorised; torch's CPU one is not
-        return logits.detach().numpy().argmax(-1).tolist()
+        return _as_array(logits).argmax(-1).tolist()
     return logits.argmax(-1).tolist()
+
+
+def _as_array(logits: Any) -> np.ndarray:
+    """A CPU tensor as a NumPy array (bfloat16, which NumPy lacks, as float32)."""
+    logits = logits.detach()
+    if logits.dtype.itemsize == 2 and logits.dtype.is_floating_point:  # float16 or bfloat16
+        logits = logits.float()
+    return logits.numpy()
 
 
 def _draw(logits: Any, samplers: list[RowSampler], rows: list[int]) -> list[int]:
     """One token for each of ``rows``, drawn with its sampler (see the module docstring)."""
     uniforms = np.array([s.uniform() for s in samplers])
     if isinstance(logits, np.ndarray) or logits.device.type == "cpu":
-        x = np.asarray(logits.detach() if hasattr(logits, "detach") else logits)
+        x = logits if isinstance(logits, np.ndarray) else _as_array(logits)
         return _draw_numpy(x[rows], samplers, uniforms)
     return _draw_torch(logits, samplers, rows, uniforms)
 

@@ -152,33 +152,32 @@ def _draw(logits: Any, samplers: list[RowSampler], rows: list[int]) -> list[int]
     uniforms = np.array([s.uniform() for s in samplers])
     if isinstance(logits, np.ndarray) or logits.device.type == "cpu":
         x = logits if isinstance(logits, np.ndarray) else _as_array(logits)
-        return _draw_numpy(x[rows], samplers, uniforms)
+        return _draw_numpy(x if len(rows) == len(x) else x[rows], samplers, uniforms)
     return _draw_torch(logits, samplers, rows, uniforms)
 
 
 def _draw_numpy(x: np.ndarray, samplers: list[RowSampler], uniforms: np.ndarray) -> list[int]:
     """:func:`_draw` on a CPU, with NumPy (its sort and reductions are several times torch's).
 
-    Top-k and top-p become one threshold per row, found on the row's values
-    sorted (no argsort): tokens below it get weight 0; ties at the threshold
-    stay, as in Hugging Face's warpers. The draw is then made in vocabulary order.
+    Top-k and top-p become one threshold per row, found on the row's weights
+    (``exp(logit / temperature - max)``) sorted (no argsort): tokens below it
+    get weight 0; ties at the threshold stay, as in Hugging Face's warpers. The
+    draw is then made in vocabulary order.
     """
     x = x / np.array([s.temperature for s in samplers])[:, None]  # float64 from here on
-    top = x.max(axis=1, keepdims=True)
-    weights = np.exp(x - top)
+    weights = np.exp(x - x.max(axis=1, keepdims=True))
     if not all(s.top_k is None and s.top_p == 1 for s in samplers):
         rows = np.arange(len(samplers))
-        ranked = np.sort(x, axis=1)[:, ::-1]  # largest first
+        ranked = np.sort(weights, axis=1)[:, ::-1]  # largest first
         ks = np.array([x.shape[1] if s.top_k is None else min(s.top_k, x.shape[1])
                        for s in samplers])
-        threshold = ranked[rows, ks - 1]  # the k-th largest value
-        ranked_weights = np.exp(ranked - top) * (ranked >= threshold[:, None])
-        cumulative = np.cumsum(ranked_weights, axis=1)
+        threshold = ranked[rows, ks - 1]  # the k-th largest weight
+        cumulative = np.cumsum(ranked * (ranked >= threshold[:, None]), axis=1)
         ps = np.array([s.top_p for s in samplers])
         # the smallest set of most likely tokens whose probability reaches top_p
         reached = (cumulative < ps[:, None] * cumulative[:, -1:]).sum(axis=1)
         threshold = np.where(ps < 1, np.maximum(threshold, ranked[rows, reached]), threshold)
-        weights *= x >= threshold[:, None]
+        weights *= weights >= threshold[:, None]
     return _pick(np.cumsum(weights, axis=1), uniforms).tolist()
 
 
@@ -198,21 +197,19 @@ def _draw_torch(logits: Any, samplers: list[RowSampler], rows: list[int],
     x = logits.index_select(0, torch.tensor(rows, device=device)).to(torch.float64)
     x = x / torch.tensor([s.temperature for s in samplers], dtype=torch.float64,
                          device=device)[:, None]
-    top = x.max(dim=1, keepdim=True).values
-    weights = torch.exp(x - top)
+    weights = torch.exp(x - x.max(dim=1, keepdim=True).values)
     if not all(s.top_k is None and s.top_p == 1 for s in samplers):
         index = torch.arange(len(samplers), device=device)
-        ranked = torch.sort(x, dim=1, descending=True).values
+        ranked = torch.sort(weights, dim=1, descending=True).values
         ks = torch.tensor([x.shape[1] if s.top_k is None else min(s.top_k, x.shape[1])
                            for s in samplers], device=device)
         threshold = ranked[index, ks - 1]
-        ranked_weights = torch.exp(ranked - top) * (ranked >= threshold[:, None])
-        cumulative = ranked_weights.cumsum(1)
+        cumulative = (ranked * (ranked >= threshold[:, None])).cumsum(1)
         ps = torch.tensor([s.top_p for s in samplers], dtype=torch.float64, device=device)
         reached = (cumulative < ps[:, None] * cumulative[:, -1:]).sum(1)
         threshold = torch.where(ps < 1, torch.maximum(threshold, ranked[index, reached]),
                                 threshold)
-        weights = weights * (x >= threshold[:, None])
+        weights = weights * (weights >= threshold[:, None])
     cdf = weights.cumsum(1)
     targets = torch.as_tensor(uniforms, device=device)[:, None] * cdf[:, -1:]
     picked = torch.minimum((cdf <= targets).sum(1), (cdf < cdf[:, -1:]).sum(1))

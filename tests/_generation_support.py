@@ -107,3 +107,31 @@ class GatedModel:
     def step_rows(self) -> list[int]:
         """Rows of every step call, in order."""
         return [rows for kind, rows in self.calls if kind == "step"]
+
+
+def tiny_llama(seed: int = 0) -> Any:
+    """A 2-layer Llama (rotary positions, grouped-query attention), random, float64."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                         max_position_embeddings=POSITIONS, initializer_range=0.3,
+                         bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(config).double().eval()
+
+
+def tiny_qwen2(seed: int = 0) -> Any:
+    """A 2-layer Qwen2 (rotary, grouped-query attention, biased projections), random, float64."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                         max_position_embeddings=POSITIONS, initializer_range=0.3,
+                         bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return Qwen2ForCausalLM(config).double().eval()
+
+
+#: The architectures the correctness tests run on (name -> constructor).
+ARCHITECTURES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "qwen2": tiny_qwen2}

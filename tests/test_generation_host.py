@@ -312,7 +312,7 @@ def test_generate_async_gives_up_at_its_deadline_while_the_model_is_stuck(model:
     gated = GatedModel(HFCausalLM(model), gate_at=0)
     host = GenerationHost(gated).start()
     try:
-        host.stream([3], 4)
+        first = host.stream([3], 4)  # held: a dropped stream is cancelled
         assert gated.entered.wait(WAIT_S)
 
         async def main() -> list[int]:
@@ -323,4 +323,5 @@ def test_generate_async_gives_up_at_its_deadline_while_the_model_is_stuck(model:
     finally:
         gated.release.set()
         assert host.stop(timeout=WAIT_S)
+    assert first.result(0) == reference(model, [3], 4)
     assert host.stats().cancelled == 1

@@ -1,4 +1,4 @@
-"""Batched greedy generation: continuous batching, streaming, a step-wise model protocol.
+"""Batched generation (greedy or sampled): continuous batching, streaming, a step-wise protocol.
 
 ``GenerationHost(model)`` serves a Hugging Face causal LM (or any
 :class:`StepModel`) to many callers: ``host.generate(prompt_ids)``,

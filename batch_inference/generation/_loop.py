@@ -23,16 +23,17 @@ from .._checks import timeout_message
 from .._queue import RequestQueue, oldest
 from .._request import Request, settle
 from ..errors import HostStoppedError, RequestTimeoutError
-from .protocol import RunningBatch, StepModel, greedy_tokens
+from ._sampling import next_tokens
+from ._stream_state import StreamState, publish
+from .protocol import RunningBatch, StepModel
 from .stats import GenerationRecorder
-from .stream import TokenStream, publish
 
 #: ``continuous``: requests join at every step boundary; ``static``: only when the batch is empty.
 Policy = Literal["continuous", "static"]
 
 
-def stream_of(request: Request) -> TokenStream:
-    """The :class:`TokenStream` a generation request carries as its one argument."""
+def stream_of(request: Request) -> StreamState:
+    """The :class:`StreamState` a generation request carries as its one argument."""
     return request.args[0]
 
 
@@ -128,18 +129,35 @@ class DecodeLoop:
         return False
 
     def _join(self, requests: list[Request]) -> None:
-        """Prefill ``requests`` and add the ones not finished at once to the running batch."""
+        """Prefill ``requests`` and add the ones not finished at once to the running batch.
+
+        When the prefill raises an ``Exception``, the group is split (see
+        :meth:`_isolate`); a ``BaseException`` breaks the host, and every
+        request of the group not answered yet is answered with the others.
+        """
+        try:
+            self._join_group(requests)
+        except BaseException:
+            self._rows += [r for r in requests if not r.future.done() and r not in self._rows]
+            raise
+
+    def _join_group(self, requests: list[Request]) -> None:
+        requests = self._still_wanted(requests)
+        if not requests:
+            return
+        streams = [stream_of(r) for r in requests]
         start_s = time.monotonic()
         try:
-            batch, logits = self.model.prefill([stream_of(r).prompt for r in requests])
-            tokens = greedy_tokens(logits)
+            batch, logits = self.model.prefill([s.prompt for s in streams])
+            tokens = next_tokens(logits, [s.sampler for s in streams])
         except Exception as error:
-            self._fail(requests, error, "failed")
+            self._isolate(requests, error)
             return
+        del logits
         self.recorder.prefill(len(requests), time.monotonic() - start_s)
-        publish([(stream_of(r), t) for r, t in zip(requests, tokens)])
-        for request in requests:
-            self.recorder.first_token(stream_of(request).first_token_s - request.enqueued_s)
+        publish(list(zip(streams, tokens)))
+        for stream in streams:
+            self.recorder.first_token(stream.first_token_s - stream.queued_s)
         keep = self._finish_done(requests, tokens)
         if not keep:
             return
@@ -151,17 +169,47 @@ class DecodeLoop:
         self._rows += [requests[i] for i in keep]
         self._next += [tokens[i] for i in keep]
 
+    def _isolate(self, requests: list[Request], error: Exception) -> None:
+        """A group's prefill raised: split it until the failing prompts stand alone.
+
+        As the core host bisects a failed batch: each half joins on its own (and
+        is split again if it fails), so a group of n costs at most 2n - 2 more
+        prefills, and only a prompt whose prefill fails alone gets the error.
+        """
+        if len(requests) == 1:
+            self._fail(requests, error, "failed")
+            return
+        half = (len(requests) + 1) // 2
+        self._join_group(requests[:half])
+        self._join_group(requests[half:])
+
+    def _still_wanted(self, requests: list[Request]) -> list[Request]:
+        """``requests`` less those cancelled (their stream dropped) or past their deadline."""
+        now_s = time.monotonic()
+        wanted = []
+        for request in requests:
+            if stream_of(request).cancel_requested:
+                self._fail([request], CancelledError(), "cancelled")
+            elif request.deadline_s is not None and request.deadline_s <= now_s:
+                self.expire(request)
+            else:
+                wanted.append(request)
+        return wanted
+
     def _step(self) -> None:
         """Feed every row its next token; rows that finish leave."""
         start_s = time.monotonic()
         rows = self._rows
         try:
             self._batch, logits = self.model.step(self._batch, self._next)
-            tokens = greedy_tokens(logits)
+            tokens = next_tokens(logits, [stream_of(r).sampler for r in rows])
         except Exception as error:
+            # step() may have consumed the batch (HF grows its cache in place): the
+            # state of every row is unknown, so each row of this step gets the error.
             self._rows, self._batch, self._next = [], None, []
             self._fail(rows, error, "failed")
             return
+        del logits
         self.recorder.step(len(rows), len(rows), time.monotonic() - start_s)
         publish([(stream_of(r), t) for r, t in zip(rows, tokens)])
         keep = self._finish_done(rows, tokens)
@@ -172,7 +220,8 @@ class DecodeLoop:
         keep, done = [], []
         for i, (request, token) in enumerate(zip(requests, tokens)):
             stream = stream_of(request)
-            if token == self.eos_token_id or len(stream) >= stream.max_new_tokens:
+            if (token == self.eos_token_id or len(stream) >= stream.max_new_tokens
+                    or token in stream.stop_ids):
                 done.append(request)
             else:
                 keep.append(i)

@@ -63,11 +63,23 @@ class CausalLMBatch:
         lengths = [self.lengths[i] for i in rows]
         if not lengths:
             return CausalLMBatch(self.attention_mask[:0, :0], None, [])
-        index = torch.tensor(list(rows), device=self.attention_mask.device)
         start = self.width - max(lengths)
+        rows = list(rows)
+        first = rows[0]
+        if rows == list(range(first, first + len(rows))):  # one run of rows: views, no copy
+            end = first + len(rows)
+            return CausalLMBatch(
+                self.attention_mask[first:end, start:],
+                _cache([(k[first:end, :, start:], v[first:end, :, start:])
+                        for k, v in self.layers]),
+                lengths,
+            )
+        # index_select copies only the kept rows (a third of advanced indexing's time on a CPU)
+        index = torch.tensor(rows, device=self.attention_mask.device)
         return CausalLMBatch(
-            self.attention_mask[index, start:],
-            _cache([(k[index, :, start:], v[index, :, start:]) for k, v in self.layers]),
+            self.attention_mask[:, start:].index_select(0, index),
+            _cache([(k[:, :, start:].index_select(0, index), v[:, :, start:].index_select(0, index))
+                    for k, v in self.layers]),
             lengths,
         )
 

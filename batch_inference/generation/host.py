@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from .._checks import checked_timeout, optional_seconds, positive_int, remaining
@@ -20,6 +21,8 @@ from ..errors import (
 )
 from ._loop import DecodeLoop, Policy, fail
 from ._prompts import checked_max_new_tokens, checked_prompt
+from ._sampling import checked_sampler, checked_stop_ids
+from ._stream_state import StreamState
 from .protocol import StepModel
 from .stats import GenerationRecorder, GenerationStats
 from .stream import TokenStream
@@ -172,7 +175,16 @@ class GenerationHost(HostLifecycle):
 
     # ------------------------------------------------------------------ requests
     def stream(
-        self, prompt: Any, max_new_tokens: int = 16, *, timeout: float | None = None
+        self,
+        prompt: Any,
+        max_new_tokens: int = 16,
+        *,
+        timeout: float | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_token_ids: Iterable[int] = (),
     ) -> TokenStream:
         """Queue a prompt and return its :class:`TokenStream` at once.
 
@@ -180,11 +192,36 @@ class GenerationHost(HostLifecycle):
         receive tokens as they are generated, or wait for the whole completion
         (``stream.result()`` / ``await stream``).
 
+        Parameters
+        ----------
+        prompt:
+            Token ids: a list of ints, or a 1-D (or ``(1, n)``) integer tensor or array.
+        max_new_tokens:
+            Most tokens generated.
+        timeout:
+            Seconds until the request's deadline (default: ``default_timeout_s``).
+        temperature:
+            ``0`` (default): greedy decoding, exactly the argmax at every step.
+            Above 0: sample from the softmax of the logits divided by it.
+        top_k:
+            When sampling, keep only the ``top_k`` most likely tokens (``None``: all).
+        top_p:
+            When sampling, keep only the smallest set of most likely tokens whose
+            probability reaches ``top_p`` (after ``top_k``; ``1``: all).
+        seed:
+            Seed of this request's own random generator: a seeded request gets
+            the same tokens whatever shares its batch and whenever it joins
+            (``None``: a fresh seed from the OS).
+        stop_token_ids:
+            Token ids that end the completion (included in it), besides the
+            host's ``eos_token_id``.
+
         Raises
         ------
         InvalidRequestError
             The prompt is empty, not integer token ids, outside the vocabulary,
-            or longer than the model's positions allow with ``max_new_tokens``.
+            or longer than the model's positions allow with ``max_new_tokens``;
+            a sampling value or a stop id is invalid (the message names it).
         QueueFullError
             ``max_queue_size`` requests are waiting already.
         HostNotRunningError, HostBrokenError
@@ -194,29 +231,41 @@ class GenerationHost(HostLifecycle):
             raise HostBrokenError(f"the generation worker died: {self._broken!r}")
         ids = checked_prompt(prompt, self.model.vocab_size)
         count = checked_max_new_tokens(max_new_tokens, len(ids), self.model.max_positions)
+        sampler = checked_sampler(temperature, top_k, top_p, seed)
+        stop_ids = checked_stop_ids(stop_token_ids, self.model.vocab_size)
         if timeout is None:
             timeout = self.default_timeout_s
         timeout = None if timeout is None else checked_timeout(timeout)
         now_s = time.monotonic()
         request = Request((), RequestInfo(length=len(ids)), now_s,
                           None if timeout is None else now_s + timeout)
-        stream = TokenStream(ids, count, request.future, now_s, request.deadline_s)
-        request.args = (stream,)
-        stream._cancel = lambda: self._cancel_queued(request)
+        state = StreamState(ids, count, request.future, now_s, request.deadline_s, sampler,
+                            stop_ids)
+        request.args = (state,)
         self._queue.put(request)
         self._recorder.count("requests")
-        return stream
+        return TokenStream(state, lambda: self._cancel_queued(request))
 
     def generate(
-        self, prompt: Any, max_new_tokens: int = 16, *, timeout: float | None = None
+        self,
+        prompt: Any,
+        max_new_tokens: int = 16,
+        *,
+        timeout: float | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_token_ids: Iterable[int] = (),
     ) -> list[int]:
         """The completion of ``prompt``: the generated token ids (blocks the calling thread).
 
-        Raises what :meth:`stream` raises,
+        Takes what :meth:`stream` takes; raises what it raises,
         :class:`~batch_inference.errors.RequestTimeoutError` past the deadline,
         and the model's own exception if it raised one.
         """
-        stream = self.stream(prompt, max_new_tokens, timeout=timeout)
+        stream = self.stream(prompt, max_new_tokens, timeout=timeout, temperature=temperature,
+                             top_k=top_k, top_p=top_p, seed=seed, stop_token_ids=stop_token_ids)
         try:
             return stream.result(remaining(stream.deadline_s))
         except TimeoutError as error:
@@ -226,14 +275,24 @@ class GenerationHost(HostLifecycle):
             raise RequestTimeoutError("no completion within the deadline") from None
 
     async def generate_async(
-        self, prompt: Any, max_new_tokens: int = 16, *, timeout: float | None = None
+        self,
+        prompt: Any,
+        max_new_tokens: int = 16,
+        *,
+        timeout: float | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_token_ids: Iterable[int] = (),
     ) -> list[int]:
         """:meth:`generate` for asyncio: awaits the completion without blocking the loop.
 
         Cancelling the awaiting task cancels the request (its row leaves at the
         next step).
         """
-        stream = self.stream(prompt, max_new_tokens, timeout=timeout)
+        stream = self.stream(prompt, max_new_tokens, timeout=timeout, temperature=temperature,
+                             top_k=top_k, top_p=top_p, seed=seed, stop_token_ids=stop_token_ids)
         try:
             async with asyncio.timeout(remaining(stream.deadline_s)):
                 return await stream  # cancelled by the timeout, it cancels the request

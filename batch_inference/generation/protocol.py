@@ -20,7 +20,8 @@ The host needs four operations, nothing more:
 The contract that makes batching correct: the logits of a row depend on that
 row's own tokens only, never on what else shares the batch or on when it
 joined (with left padding, positions come from each row's own mask). The host
-decodes greedily (``argmax`` of the logits) and owns everything else:
+takes the ``argmax`` of the logits, or samples from them (per request, each row
+from its own generator), and owns everything else:
 queueing, deadlines, cancellation, EOS, ``max_new_tokens`` and streaming.
 
 :class:`~batch_inference.generation.hf.HFCausalLM` implements the protocol for
@@ -81,5 +82,10 @@ class StepModel(Protocol):
 
 
 def greedy_tokens(logits: Any) -> list[int]:
-    """The argmax of each row of ``logits`` (a torch tensor or NumPy array), as ints."""
-    return [int(t) for t in logits.argmax(-1).tolist()]
+    """The argmax of each row of ``logits`` (a torch tensor or NumPy array), as ints.
+
+    The host's own way (NumPy's argmax for a CPU tensor: torch's is not vectorised there).
+    """
+    from ._sampling import next_tokens
+
+    return next_tokens(logits, [None] * len(logits))

@@ -1,26 +1,22 @@
 """One caller's tokens as they are generated: a thread iterator and an async iterator.
 
-The worker appends tokens with :func:`publish` (one lock per stream, one
-``call_soon_threadsafe`` per event loop and step) and ends a stream with
-:meth:`TokenStream._close` once its request's future is settled. The caller
-reads the stream from any thread (``for token in stream``), from asyncio
-(``async for token in stream``), or waits for the whole completion
-(:meth:`TokenStream.result`, ``await stream``).
+The worker writes a request's ``StreamState`` (see ``_stream_state.py``); the
+caller holds its :class:`TokenStream`, which reads it from any thread (``for
+token in stream``), from asyncio (``async for token in stream``), or waits for
+the whole completion (:meth:`TokenStream.result`, ``await stream``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import CancelledError
 from typing import Any
 
-__all__ = ["TokenStream"]
+from ._stream_state import StreamState
 
-#: ``(loop, waiter)``: an asyncio reader waiting for the next token or the end.
-_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Future]
+__all__ = ["TokenStream"]
 
 
 class TokenStream:
@@ -30,6 +26,14 @@ class TokenStream:
     request failed (deadline, stop, model error) the iteration raises that error
     after the tokens that were generated; when it was cancelled it just stops.
     Several readers may iterate the same stream; each sees every token.
+
+    The request is cancelled (its row leaves the running batch at the next
+    step) by :meth:`cancel`, by cancelling an asyncio task that iterates or
+    awaits the stream, by a reader's ``iter(timeout=...)`` running out, and
+    when the stream is garbage collected before it ended (nobody can read it
+    any more: e.g. a ``for token in host.stream(...)`` loop left with
+    ``break``). Leaving a loop early while still holding the stream does not
+    cancel it: another reader, or :meth:`result`, may still want the rest.
 
     Attributes
     ----------
@@ -45,47 +49,64 @@ class TokenStream:
         ``time.monotonic()`` of its first token and of its end (``None`` until then).
     """
 
-    def __init__(
-        self,
-        prompt: list[int],
-        max_new_tokens: int,
-        future: Any,
-        queued_s: float,
-        deadline_s: float | None = None,
-    ) -> None:
-        self.prompt = prompt
-        self.max_new_tokens = max_new_tokens
-        self.queued_s = queued_s
-        self.deadline_s = deadline_s
-        self.finished_s: float | None = None
-        self._future = future  # the request's concurrent.futures.Future
-        self._tokens: list[int] = []
-        self._done = False
-        self._changed = threading.Condition(threading.Lock())
-        self._waiters: list[_Waiter] = []  # async readers: woken by every token and the end
-        self._end_waiters: list[_Waiter] = []  # awaiting the whole completion: by the end only
-        self._cancel: Callable[[], None] = lambda: None
-        self.cancel_requested = False
-        self.first_token_s: float | None = None
+    def __init__(self, state: StreamState, cancel: Callable[[], None] = lambda: None) -> None:
+        self._state = state
+        self._cancel = cancel
 
-    # ------------------------------------------------------------------ caller side
+    def __del__(self) -> None:
+        # Only a flag (no lock): this may run in any thread, at any point of the
+        # cyclic garbage collector. The worker drops the row at its next step boundary.
+        state = getattr(self, "_state", None)
+        if state is not None and not state._done:
+            state.cancel_requested = True
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def prompt(self) -> list[int]:
+        return self._state.prompt
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self._state.max_new_tokens
+
+    @property
+    def queued_s(self) -> float:
+        return self._state.queued_s
+
+    @property
+    def deadline_s(self) -> float | None:
+        return self._state.deadline_s
+
+    @property
+    def first_token_s(self) -> float | None:
+        return self._state.first_token_s
+
+    @property
+    def finished_s(self) -> float | None:
+        return self._state.finished_s
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether the request was asked to stop (by any of the ways listed above)."""
+        return self._state.cancel_requested
+
     @property
     def tokens(self) -> list[int]:
         """A copy of the tokens generated so far."""
-        with self._changed:
-            return list(self._tokens)
+        return self._state.tokens
 
     def __len__(self) -> int:
         """Tokens generated so far."""
-        return len(self._tokens)
+        return len(self._state._tokens)
 
+    # ------------------------------------------------------------------ outcome
     def done(self) -> bool:
         """Whether the stream has ended (completed, failed or cancelled)."""
-        return self._done
+        return self._state._done
 
     def cancelled(self) -> bool:
         """Whether the request ended because its caller cancelled it."""
-        return self._future.cancelled() or isinstance(self._exception(), CancelledError)
+        return self._state._future.cancelled() or isinstance(self._exception(), CancelledError)
 
     def cancel(self) -> None:
         """Stop generating: a queued request is dropped, a running row leaves at the next step.
@@ -94,30 +115,45 @@ class TokenStream:
         raises :class:`concurrent.futures.CancelledError`. Cancelling a finished
         stream does nothing.
         """
-        self.cancel_requested = True
+        if self._state._done:
+            return
+        self._state.cancel_requested = True
         self._cancel()
 
     def result(self, timeout: float | None = None) -> list[int]:
         """The whole completion (generated tokens, prompt excluded).
 
-        Raises ``TimeoutError`` when it is not done within ``timeout`` seconds,
-        and the request's error when it failed.
+        Raises ``TimeoutError`` when it is not done within ``timeout`` seconds
+        (the request goes on), and the request's error when it failed.
         """
-        return self._future.result(timeout)
+        return self._state._future.result(timeout)
 
+    # ------------------------------------------------------------------ readers
     def iter(self, timeout: float | None = None) -> Generator[int, None, None]:
-        """The tokens as they come; ``TimeoutError`` when none comes within ``timeout`` s."""
+        """The tokens as they come.
+
+        ``TimeoutError`` when none comes within ``timeout`` seconds: the reader
+        gave up, so the request is cancelled.
+        """
+        state = self._state
         index = 0
         while True:
-            with self._changed:
+            with state._changed:
                 deadline_s = None if timeout is None else time.monotonic() + timeout
-                while index >= len(self._tokens) and not self._done:
+                while index >= len(state._tokens) and not state._done:
                     left = None if deadline_s is None else deadline_s - time.monotonic()
                     if left is not None and left <= 0:
-                        raise TimeoutError(f"no token within timeout={timeout!r} s")
-                    self._changed.wait(left)
-                fresh = self._tokens[index:]
-                ended = self._done
+                        break
+                    state._sleepers += 1
+                    try:
+                        state._changed.wait(left)
+                    finally:
+                        state._sleepers -= 1
+                fresh = state._tokens[index:]
+                ended = state._done
+            if not fresh and not ended:
+                self.cancel()
+                raise TimeoutError(f"no token within timeout={timeout!r} s")
             index += len(fresh)
             yield from fresh
             if ended and not fresh:
@@ -128,21 +164,23 @@ class TokenStream:
         return self.iter()
 
     async def _aiter(self) -> AsyncIterator[int]:
+        state = self._state
         loop = asyncio.get_running_loop()
         index = 0
         while True:
-            with self._changed:
-                fresh = self._tokens[index:]
-                ended = self._done
+            with state._changed:
+                fresh = state._tokens[index:]
+                ended = state._done
                 waiter = None
                 if not fresh and not ended:
                     waiter = loop.create_future()
-                    self._waiters.append((loop, waiter))
+                    state._waiters.append((loop, waiter))
             if waiter is not None:
                 try:
                     await waiter
                 except asyncio.CancelledError:
                     self._forget(waiter)
+                    self.cancel()  # the reading task was cancelled (or timed out)
                     raise
                 continue
             index += len(fresh)
@@ -159,13 +197,14 @@ class TokenStream:
         return self._wait_async().__await__()
 
     async def _wait_async(self) -> list[int]:
+        state = self._state
         loop = asyncio.get_running_loop()
         while True:
-            with self._changed:
-                if self._done:
+            with state._changed:
+                if state._done:
                     break
                 waiter = loop.create_future()
-                self._end_waiters.append((loop, waiter))
+                state._end_waiters.append((loop, waiter))
             try:
                 await waiter
             except asyncio.CancelledError:
@@ -175,67 +214,20 @@ class TokenStream:
         return self.result(0)
 
     def _forget(self, waiter: asyncio.Future) -> None:
-        with self._changed:
-            self._waiters = [w for w in self._waiters if w[1] is not waiter]
-            self._end_waiters = [w for w in self._end_waiters if w[1] is not waiter]
+        state = self._state
+        with state._changed:
+            state._waiters = [w for w in state._waiters if w[1] is not waiter]
+            state._end_waiters = [w for w in state._end_waiters if w[1] is not waiter]
 
     def _exception(self) -> BaseException | None:
-        future = self._future
+        future = self._state._future
         if not future.done() or future.cancelled():
             return None
         return future.exception()
 
     def _raise_outcome(self) -> None:
-        if self._future.cancelled():
+        if self._state._future.cancelled():
             return
         error = self._exception()
         if error is not None and not isinstance(error, CancelledError):
             raise error
-
-    # ------------------------------------------------------------------ worker side
-    def _take_waiters(self) -> list[_Waiter]:
-        """Hand the waiting async readers to the caller (locked by the caller)."""
-        waiters, self._waiters = self._waiters, []
-        return waiters
-
-    def _close(self) -> None:
-        """End the stream (its future is settled): wake every reader."""
-        with self._changed:
-            self.finished_s = time.monotonic()
-            self._done = True
-            self._changed.notify_all()
-            waiters = self._take_waiters() + self._end_waiters
-            self._end_waiters = []
-        _wake(waiters)
-
-
-def publish(items: list[tuple[TokenStream, int]]) -> None:
-    """Append one token to each stream and wake its readers (one wake-up per loop)."""
-    waiters: list[_Waiter] = []
-    now_s = time.monotonic()
-    for stream, token in items:
-        with stream._changed:
-            if stream.first_token_s is None:
-                stream.first_token_s = now_s
-            stream._tokens.append(token)
-            stream._changed.notify_all()
-            if stream._waiters:
-                waiters.extend(stream._take_waiters())
-    _wake(waiters)
-
-
-def _wake(waiters: list[_Waiter]) -> None:
-    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
-    for loop, waiter in waiters:
-        by_loop.setdefault(loop, []).append(waiter)
-    for loop, futures in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_set_all, futures)
-        except RuntimeError:  # that reader's loop is closed: nobody waits there any more
-            pass
-
-
-def _set_all(futures: list[asyncio.Future]) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_result(None)

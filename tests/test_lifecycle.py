@@ -336,8 +336,6 @@ def test_stop_refuses_a_bad_timeout_naming_it(setup: Setup) -> None:
     assert host.running
 
 
-@pytest.mark.xfail(strict=True, reason="generation/_loop.py: a BaseException in prefill breaks "
-                   "the host without failing the requests being prefilled (left waiting)")
 def test_a_base_exception_in_prefill_reaches_the_requests_being_prefilled() -> None:
     host = GenerationHost(Counting(Gate()), max_batch_size=4).start()
     try:

@@ -10,7 +10,7 @@ executor, so the loop keeps serving other tasks meanwhile.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
 from ..batcher.base import Batcher
@@ -183,6 +183,24 @@ class ModelHost:
         """
         return await self._host.predict_async(*args, timeout=timeout,
                                               wait_for_queue=wait_for_queue)
+
+    def map(
+        self,
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        window: int | None = None,
+        return_exceptions: bool = False,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Run a whole dataset through the host: ``async for y in host.map(xs): ...``.
+
+        The results come in input order; see
+        :meth:`batch_inference.ModelHost.map_async` for the settings (each
+        iterable may be plain or asynchronous).
+        """
+        return self._host.map_async(*iterables, window=window,
+                                    return_exceptions=return_exceptions,
+                                    progress=progress, timeout=timeout)
 
 
 async def _off_loop(call: Callable[[], Any]) -> Any:

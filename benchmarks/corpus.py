@@ -53,6 +53,7 @@ class CorpusRow:
     mean_batch_size: float
     memory_mib: float
     embeddings: np.ndarray | None = field(default=None, repr=False)
+    total_s: float | None = None  # Ray rows: end to end, with the actor's start
 
     @property
     def qps(self) -> float:
@@ -229,7 +230,7 @@ def ray_rows(settings: dict[str, Any]) -> tuple[list[CorpusRow], str]:
         report = json.loads(lines[-1])
         rows = [CorpusRow(r["method"], r["queries"], r["wall_s"], r["padding_efficiency"],
                           r["mean_batch_size"], r["memory_mib"],
-                          np.load(Path(out_dir) / r["file"], allow_pickle=False))
+                          np.load(Path(out_dir) / r["file"], allow_pickle=False), r["total_s"])
                 for r in report["rows"]]
     return rows, ""
 

@@ -56,8 +56,8 @@ available offline: same compute). ``BATCH_INFERENCE_MODE`` overrides.
 # %%
 # Set-up
 # ------
-# The runners live in ``benchmarks/corpus.py`` (outside the installed
-# package); this script chooses the sizes, checks the answers and prints.
+# The runners live in ``benchmarks/corpus.py`` and ``benchmarks/corpus_ray.py``
+# (outside the installed package); this script chooses the sizes, checks the answers and prints.
 
 import os
 import statistics
@@ -89,9 +89,9 @@ from benchmarks.corpus import (
     host_map,
     offline_ceiling,
     one_at_a_time,
-    ray_rows,
     threads_through_host,
 )
+from benchmarks.corpus_ray import ray_rows
 
 transformers_logging.disable_progress_bar()
 MODE = run_mode()

@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks.corpus import CorpusRow, PeakMemory, PooledMiniLM, all_processes_rss, corpus
 
 #: Most seconds the child may take (Ray's start, two pipelines, its stop).
-RAY_TIMEOUT_S = 600.0
+RAY_TIMEOUT_S = 900.0
 
 
 def ray_rows(settings: dict[str, Any]) -> tuple[list[CorpusRow], str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -360,3 +360,89 @@ class ModelHost(HostLifecycle):
                 "the host is not running: call start() (or use `with host:`) before predict"
             )
         return scheduler
+
+    # ------------------------------------------------------------------ whole datasets
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        window: int | None = None,
+        return_exceptions: bool = False,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Run a whole dataset through the host; yield the results in input order.
+
+        Shaped like :meth:`concurrent.futures.Executor.map`: the ``i``-th items
+        of ``iterables`` are the ``i``-th request's :meth:`predict` arguments.
+        The inputs are read lazily (they may be far larger than memory, or
+        endless), at most ``window`` requests ahead of the result being
+        waited for; each read is ordered for the batcher (by its key, then by
+        length) and submitted at once, so the batcher chooses among all of
+        them. Nothing is read before the first result is asked for.
+
+        Parameters
+        ----------
+        *iterables:
+            One iterable per argument of ``predict_batch``.
+        window:
+            Most requests out at once (queued, running, or done and waiting
+            for an earlier result); ``None``: 16 x ``max_batch_size``. A larger
+            window sorts more requests together (less padding) and holds more
+            results in memory.
+        return_exceptions:
+            ``False`` (default): a failed request's exception is raised when
+            its turn comes (every earlier result has been yielded), and the
+            requests not yet started are cancelled. ``True``: the exception is
+            yielded in its place and the map goes on.
+        progress:
+            Show a ``tqdm`` bar (items, items/s) on stderr. Needs ``tqdm``
+            (:class:`~batch_inference.errors.ConfigurationError` without it).
+        timeout:
+            Each request's timeout, as for :meth:`predict` (counted from when
+            the request is sent, one window ahead).
+
+        Yields
+        ------
+        Any
+            What :meth:`predict` returns for each item, in input order.
+
+        An exception the inputs raise is raised after the results of every
+        item read before it; so is :class:`~batch_inference.errors.HostNotRunningError`
+        when the host stops midway. Closing the generator (``break``, ``close()``)
+        cancels every request that has not started.
+        """
+        from ._map import map_requests
+
+        return map_requests(
+            lambda *args: self.submit(*args, timeout=timeout, wait_for_queue=True),
+            self.batcher, iterables, window=window, max_batch_size=self.max_batch_size,
+            return_exceptions=return_exceptions, progress=progress,
+        )
+
+    def map_async(
+        self,
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        window: int | None = None,
+        return_exceptions: bool = False,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """:meth:`map` for asyncio: ``async for result in host.map_async(xs): ...``.
+
+        The same settings and guarantees as :meth:`map`; each iterable may be
+        asynchronous. Each request is a :meth:`predict_async` call in a task of
+        the running loop (a full queue is waited for without blocking it).
+        Cancelling the iterating task, or ``aclose()`` (e.g.
+        ``contextlib.aclosing``), cancels what has not started.
+        """
+        from ._map import map_requests_async
+
+        def send(*args: Any) -> asyncio.Task[Any]:
+            return asyncio.ensure_future(
+                self.predict_async(*args, timeout=timeout, wait_for_queue=True))
+
+        return map_requests_async(
+            send,
+            self.batcher, iterables, window=window, max_batch_size=self.max_batch_size,
+            return_exceptions=return_exceptions, progress=progress,
+        )

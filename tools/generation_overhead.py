@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from batch_inference.benchmark.generation import load_gpt2, make_workload
+from benchmarks.generation import load_gpt2, make_workload
 from batch_inference.generation import GenerationHost, _loop
 from batch_inference.generation.host import as_step_model
 

@@ -10,6 +10,7 @@ executor, so the loop keeps serving other tasks meanwhile.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
 from .._lifecycle import AsyncHostLifecycle
@@ -160,3 +161,25 @@ class ModelHost(AsyncHostLifecycle):
         return await self._host.predict_async(*args, timeout=timeout,
                                               wait_for_queue=wait_for_queue)
 
+    def map(
+        self,
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        window: int | None = None,
+        return_exceptions: bool = False,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Run a whole dataset through the host: ``async for y in host.map(xs): ...``.
+
+        The results come in input order; see
+        :meth:`batch_inference.ModelHost.map_async` for the settings (each
+        iterable may be plain or asynchronous).
+        """
+        return self._host.map_async(*iterables, window=window,
+                                    return_exceptions=return_exceptions,
+                                    progress=progress, timeout=timeout)
+
+
+async def _off_loop(call: Callable[[], Any]) -> Any:
+    """``call()`` in the running loop's default executor."""
+    return await asyncio.get_running_loop().run_in_executor(None, call)

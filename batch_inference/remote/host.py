@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -280,6 +281,30 @@ class RemoteModelHost(HostLifecycle):
             raise HostNotRunningError(
                 "the remote host is not running: call start() (or use `with host:`) first")
         return client.stats(checked_timeout(timeout))
+
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        window: int | None = None,
+        return_exceptions: bool = False,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Run a whole dataset through the shared model; yield the results in input order.
+
+        As :meth:`batch_inference.ModelHost.map`, over :meth:`submit`: each
+        read of the window is ordered with this host's batcher and sent at
+        once; closing the generator cancels (on the server) what has not
+        started. ``window=None`` is 16 x this host's ``max_batch_size``.
+        """
+        from .._map import map_requests
+
+        return map_requests(
+            lambda *args: self.submit(*args, timeout=timeout),
+            self.local_host.batcher, iterables, window=window,
+            max_batch_size=self.local_host.max_batch_size,
+            return_exceptions=return_exceptions, progress=progress,
+        )
 
 
 def _require_pyzmq() -> None:

@@ -61,6 +61,10 @@ available offline: same compute). ``BATCH_INFERENCE_MODE`` overrides.
 
 import os
 import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parents[1]))  # the repository root, for benchmarks/
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -15,7 +15,7 @@ Each replica builds its model and starts its host in ``__init__``, stops it
 in ``__del__`` (Serve's graceful-shutdown hook) and reports a broken host
 from ``check_health()``, so Serve replaces the replica. Serve's
 ``max_ongoing_requests`` and the host's ``max_queue_size`` are set from
-``max_batch_size`` by the rule of :func:`~batch_inference.ray._settings.replica_limits`
+``max_batch_size`` by the rule of :func:`replica_limits`
 (Serve's default of 5 would cap every batch at 5).
 
 Errors. Ray wraps an exception raised in a replica in a ``RayTaskError``
@@ -30,7 +30,9 @@ under the call (``RayActorError``, ``ActorUnavailableError``) into
 results and exceptions by pickling them: only use it between processes you
 trust (unlike :class:`~batch_inference.RemoteModelHost`, which unpickles nothing).
 
-Imports Ray only when :func:`deployment`, :func:`call` or :func:`call_async` runs.
+The rule itself is :func:`replica_limits`; :func:`call`, :func:`call_async` and
+:func:`unwrap_error` come from ``batch_inference.ray._calls``. Imports Ray
+only when :func:`deployment`, :func:`call` or :func:`call_async` runs.
 """
 
 import asyncio
@@ -43,14 +45,15 @@ from ..errors import (
     HostBrokenError,
     InvalidRequestError,
     QueueFullError,
-    RemoteHostLostError,
     RequestTimeoutError,
 )
 from ..host import ModelHost
 from ..stats import HostStats
+from ._calls import call, call_async, unwrap_error
 from ._settings import ReplicaLimits, autoscaling_with_target, replica_limits
 
-__all__ = ["ReplicaLimits", "call", "call_async", "deployment", "replica_limits", "unwrap_error"]
+__all__ = ["ReplicaLimits", "call", "call_async", "deployment", "host_settings", "replica_limits",
+           "unwrap_error"]
 
 #: Host settings a ``@batching`` class carries, read from the host its ``host()`` builds.
 _HOST_FIELDS = ("batcher", "max_batch_size", "max_delay_s", "max_batch_tokens", "num_workers",
@@ -91,7 +94,7 @@ def deployment(
     name:
         The deployment's name; default ``model_cls.__name__``.
     batches_in_flight, max_ongoing_requests:
-        See :func:`~batch_inference.ray._settings.replica_limits`.
+        See :func:`replica_limits`.
     num_replicas, autoscaling_config, ray_actor_options:
         Passed to Serve (``{"num_gpus": 1}``: one replica per GPU).
         ``autoscaling_config["target_ongoing_requests"]`` is set by the rule.
@@ -195,6 +198,13 @@ class _HostReplica:
         """This replica's :meth:`ModelHost.stats <batch_inference.ModelHost.stats>`."""
         return self._host.stats()
 
+    def replica_stats(self) -> tuple[str, HostStats]:
+        """``(replica id, stats)``: with several replicas, a handle's calls reach any
+        one of them; the id tells them apart."""
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id, self._host.stats()
+
     def check_health(self) -> None:
         """Serve's health check: raise when the host is broken, so Serve replaces the replica."""
         if self._host.broken or not self._host.running:
@@ -249,74 +259,3 @@ def _decode_tensors(body: Any) -> tuple[Any, ...]:
 
 def _encode(result: Any) -> Any:
     return result.tolist() if hasattr(result, "tolist") else result
-
-
-# ---------------------------------------------------------------------- callers
-def call(handle: Any, *args: Any, timeout_s: float | None = None) -> Any:
-    """``handle.predict.remote(*args).result()``, with the errors of :func:`unwrap_error`.
-
-    For a thread; from a coroutine (another deployment, an async app), use :func:`call_async`.
-    """
-    response = handle.predict.remote(*args, timeout_s=timeout_s)
-    try:
-        return response.result(timeout_s=None if timeout_s is None else timeout_s + 1.0)
-    except BaseException as error:
-        _reraise(error, response, timeout_s)
-
-
-async def call_async(handle: Any, *args: Any, timeout_s: float | None = None) -> Any:
-    """``await handle.predict.remote(*args)``, with the errors of :func:`unwrap_error`."""
-    response = handle.predict.remote(*args, timeout_s=timeout_s)
-    try:
-        if timeout_s is None:
-            return await response
-        return await asyncio.wait_for(_awaited(response), timeout_s + 1.0)
-    except BaseException as error:
-        _reraise(error, response, timeout_s)
-
-
-async def _awaited(response: Any) -> Any:
-    return await response
-
-
-def _reraise(error: BaseException, response: Any, timeout_s: float | None) -> None:
-    if isinstance(error, TimeoutError):
-        response.cancel()
-    unwrapped = unwrap_error(error, timeout_s)
-    if unwrapped is error:
-        raise error
-    # The original exception keeps its own cause; Ray's wrapper is not shown as context.
-    raise unwrapped from unwrapped.__cause__
-
-
-def unwrap_error(error: BaseException, timeout_s: float | None = None) -> BaseException:
-    """The error a caller of the replica's host would have seen, for one Ray raised.
-
-    * ``RayTaskError`` (an exception raised in the replica): its ``cause``,
-      the original exception object (a library error or the model's own);
-    * the replica died (``RayActorError``, ``ActorUnavailableError``):
-      :class:`~batch_inference.errors.RemoteHostLostError`;
-    * ``BackPressureError`` (Serve's ``max_queued_requests``):
-      :class:`~batch_inference.errors.QueueFullError`;
-    * ``TimeoutError`` (the response was not ready in time):
-      :class:`~batch_inference.errors.RequestTimeoutError`;
-    * anything else: ``error`` itself.
-    """
-    from ray import exceptions as ray_errors
-    from ray.serve.exceptions import BackPressureError
-
-    if isinstance(error, ray_errors.RayTaskError) and isinstance(error.cause, BaseException):
-        return error.cause
-    if isinstance(error, (ray_errors.RayActorError, ray_errors.ActorUnavailableError)):
-        lost = RemoteHostLostError(f"the Serve replica serving this request died: {error}")
-        lost.__cause__ = error
-        return lost
-    if isinstance(error, BackPressureError):
-        full = QueueFullError(f"Serve refused the request (max_queued_requests): {error}")
-        full.__cause__ = error
-        return full
-    if isinstance(error, TimeoutError) and not isinstance(error, RequestTimeoutError):
-        late = RequestTimeoutError(f"no answer from the deployment within timeout_s={timeout_s!r}")
-        late.__cause__ = error
-        return late
-    return error

@@ -27,6 +27,9 @@ __all__ = ["MAX_BATCH_SIZE", "Echo", "Identity", "MiniLMEmbedding", "ServeBatchA
 
 #: ``@serve.batch``'s ``max_batch_size`` here; the page gives the library's deployment the same.
 MAX_BATCH_SIZE = 32
+#: ``@serve.batch``'s ``batch_wait_timeout_s`` here (Ray's default); the page gives the
+#: library's deployments the same ``max_delay_s``.
+BATCH_WAIT_S = 0.01
 
 
 def replica_id() -> str:
@@ -62,7 +65,7 @@ class ServeBatchEmbedder(_Counted):
         super().__init__()
         self.model = MiniLMEmbedding(name, device)
 
-    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def __call__(self, input_ids: list[Any], attention_mask: list[Any]) -> list[Any]:
         import torch
 
@@ -87,7 +90,7 @@ class ServeBatchAccelerator(_Counted):
         super().__init__()
         self.model = SimulatedAccelerator(base_s, per_row_s)
 
-    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def __call__(self, rows: list[np.ndarray]) -> list[np.ndarray]:
         self.batch_sizes[len(rows)] += 1
         self.real_tokens += len(rows)

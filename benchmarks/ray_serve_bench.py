@@ -3,17 +3,20 @@
 Only ever through :func:`benchmarks.ray_local.run_isolated` (a loopback-only
 network namespace). Starts a local Ray cluster and Serve (no HTTP proxy), and:
 
-1. **BERT**: the same MiniLM behind Ray's ``@serve.batch`` (Serve's default
-   ``max_ongoing_requests`` of 5, and raised to the library's value) and behind
-   the library's deployment with ``BucketSeqBatcher`` and with
-   ``LengthAwareBatcher``, one replica each, ``max_batch_size`` 32; the same
-   variable-length queries, rounds interleaved; every answer is returned for
-   the page to check against the model alone.
+1. **BERT**: the same model (MiniLM in quick mode) behind Ray's
+   ``@serve.batch`` (``max_ongoing_requests`` raised to the library's value,
+   so that Serve's default of 5 does not cap its batches) and behind the
+   library's deployment with ``BucketSeqBatcher`` and with
+   ``LengthAwareBatcher``, one replica each, ``max_batch_size`` 32, the
+   library's ``max_delay_s`` equal to ``@serve.batch``'s
+   ``batch_wait_timeout_s``; the same variable-length queries, rounds
+   interleaved; the answers of the first ``checked`` queries are compared
+   with the model run on each alone, here.
 2. **A lone request**: Ray's own handle round trip (``Echo``) against the
    library's deployment of a model that returns its input, interleaved.
 3. **Replica scaling**: the simulated accelerator (slowed, see
    :data:`ACCELERATOR`) behind ``@serve.batch`` and behind the library's
-   deployment, 1 and 2 replicas.
+   deployment, on 1 replica, then scaled in place to 2.
 
 Prints one JSON object (the last line of stdout). Every load is bounded in
 count and time; Serve and Ray are shut down at the end.
@@ -66,6 +69,7 @@ async def _bert(serve: Any, settings: dict[str, Any]) -> tuple[list[dict[str, An
     )
     from batch_inference.ray.serve import call_async, deployment
     from benchmarks.ray_serve_apps import (
+        BATCH_WAIT_S,
         MAX_BATCH_SIZE,
         MiniLMEmbedding,
         ServeBatchEmbedder,
@@ -84,11 +88,9 @@ async def _bert(serve: Any, settings: dict[str, Any]) -> tuple[list[dict[str, An
     references = [BertEmbedding(alone.model, device).predict_batch(*query)
                   for query in queries[: settings["checked"]]]
     weights = alone.weights
-    ours = {"max_batch_size": MAX_BATCH_SIZE, "ray_actor_options": actor}
+    ours = {"max_batch_size": MAX_BATCH_SIZE, "max_delay_s": BATCH_WAIT_S,
+            "ray_actor_options": actor}
     apps = {
-        "@serve.batch, max_ongoing_requests 5 (Serve's default)":
-            ("serve", serve_batch_deployment(ServeBatchEmbedder, "sb5", None, 1, actor)
-             .bind(model, device)),
         f"@serve.batch, max_ongoing_requests {2 * MAX_BATCH_SIZE}":
             ("serve", serve_batch_deployment(ServeBatchEmbedder, "sb", 2 * MAX_BATCH_SIZE, 1,
                                              actor).bind(model, device)),
@@ -124,7 +126,7 @@ async def _bert(serve: Any, settings: dict[str, Any]) -> tuple[list[dict[str, An
     for round_index in range(settings["rounds"]):
         for label in apps:
             loads[label].append(await closed_loop(sender(label), queries, settings["clients"],
-                                                  ROUND_LIMIT_S))
+                                                  settings["round_limit_s"]))
         _log(f"BERT: round {round_index + 1} done")
     rows = []
     for label in apps:
@@ -216,9 +218,14 @@ async def _accelerator(handles: dict[str, Any], apps: dict[str, tuple[str, int]]
     return rows
 
 
-def _run_all(serve: Any, apps: dict[str, Any]) -> dict[str, Any]:
+def _app_names(apps: dict[str, Any]) -> dict[str, str]:
+    return {label: f"app{index}" for index, label in enumerate(apps)}
+
+
+def _run_all(serve: Any, apps: dict[str, Any], names: dict[str, str] | None = None
+             ) -> dict[str, Any]:
     """Deploy every application at once (their replicas start side by side)."""
-    names = {label: f"app{index}" for index, label in enumerate(apps)}
+    names = names or _app_names(apps)
     if hasattr(serve, "run_many"):
         targets = [serve.RunTarget(app, name=names[label], route_prefix=None)
                    for label, app in apps.items()]
@@ -253,10 +260,12 @@ def main(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _second_part(serve: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The lone request, then the accelerator on 1 replica, then on 2 (scaled in place)."""
     from batch_inference import ConcatBatcher
     from batch_inference.benchmark._accelerator_harness import SimulatedAccelerator
     from batch_inference.ray.serve import deployment
     from benchmarks.ray_serve_apps import (
+        BATCH_WAIT_S,
         MAX_BATCH_SIZE,
         Echo,
         Identity,
@@ -264,28 +273,35 @@ def _second_part(serve: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], 
         serve_batch_deployment,
     )
 
-    accel = {label: (kind, replicas) for replicas in (1, 2) for kind, label in (
-        ("serve", f"@serve.batch, {replicas} replica{'s' * (replicas > 1)}"),
-        ("ours", f"batch_inference, {replicas} replica{'s' * (replicas > 1)}"))}
+    scaled = {
+        "serve": serve_batch_deployment(ServeBatchAccelerator, "sbacc", 2 * MAX_BATCH_SIZE),
+        "ours": deployment(SimulatedAccelerator, name="acc", batcher=ConcatBatcher(),
+                           max_batch_size=MAX_BATCH_SIZE, max_delay_s=BATCH_WAIT_S,
+                           num_replicas=1),
+    }
+    label = {"serve": "@serve.batch", "ours": "batch_inference"}
     apps: dict[str, Any] = {
         "echo": serve.deployment(Echo, name="echo").bind(),
         "identity": deployment(Identity, name="identity", batcher=ConcatBatcher(),
                                max_batch_size=MAX_BATCH_SIZE).bind(),
+        **{label[kind]: app.bind(**ACCELERATOR) for kind, app in scaled.items()},
     }
-    for label, (kind, replicas) in accel.items():
-        if kind == "ours":
-            apps[label] = deployment(SimulatedAccelerator, name=f"acc{replicas}",
-                                     batcher=ConcatBatcher(), max_batch_size=MAX_BATCH_SIZE,
-                                     num_replicas=replicas).bind(**ACCELERATOR)
-        else:
-            apps[label] = serve_batch_deployment(
-                ServeBatchAccelerator, f"sbacc{replicas}", 2 * MAX_BATCH_SIZE, replicas,
-            ).bind(**ACCELERATOR)
     handles = _run_all(serve, apps)
     _log("lone and scaling: deployed")
     lone = _lone(handles, settings["lone"])
     _log("lone: done")
-    return lone, asyncio.run(_accelerator(handles, accel, settings))
+    rows = []
+    for replicas in (1, 2):
+        if replicas > 1:  # the same deployments, scaled in place: one replica more each
+            handles.update(_run_all(serve, {
+                label[kind]: app.options(num_replicas=replicas).bind(**ACCELERATOR)
+                for kind, app in scaled.items()}, names=_app_names(apps)))
+        kinds = {f"{label[kind]}, {replicas} replica{'s' * (replicas > 1)}": (kind, replicas)
+                 for kind in scaled}
+        by_label = {row_label: handles[label[kind]] for row_label, (kind, _) in kinds.items()}
+        rows += asyncio.run(_accelerator(by_label, kinds, settings))
+        _log(f"accelerator: {replicas} replica(s) done")
+    return lone, rows
 
 
 if __name__ == "__main__":

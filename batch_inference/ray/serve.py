@@ -3,7 +3,7 @@
 ::
 
     from ray import serve
-    from batch_inference import LengthAwareBatcher
+    from batch_inference.batcher.length_aware_batcher import LengthAwareBatcher
     from batch_inference.ray.serve import call, deployment
 
     app = deployment(Embedder, batcher=LengthAwareBatcher(...), max_batch_size=32,

@@ -8,8 +8,10 @@ network namespace). Starts a local Ray cluster and Serve (no HTTP proxy), and:
    so that Serve's default of 5 does not cap its batches) and behind the
    library's deployment with ``BucketSeqBatcher`` and with
    ``LengthAwareBatcher``, one replica each, ``max_batch_size`` 32, the
-   library's ``max_delay_s`` equal to ``@serve.batch``'s
-   ``batch_wait_timeout_s``; the same variable-length queries, rounds
+   ``BucketSeqBatcher``'s ``max_delay_s`` equal to ``@serve.batch``'s
+   ``batch_wait_timeout_s`` (``LengthAwareBatcher`` keeps ``0``: its
+   ``max_delay_s`` is when a waiting request becomes due whatever its length,
+   and a short one forces badly padded batches); the same queries, rounds
    interleaved; the answers of the first ``checked`` queries are compared
    with the model run on each alone, here.
 2. **A lone request**: Ray's own handle round trip (``Echo``) against the
@@ -88,15 +90,15 @@ async def _bert(serve: Any, settings: dict[str, Any]) -> tuple[list[dict[str, An
     references = [BertEmbedding(alone.model, device).predict_batch(*query)
                   for query in queries[: settings["checked"]]]
     weights = alone.weights
-    ours = {"max_batch_size": MAX_BATCH_SIZE, "max_delay_s": BATCH_WAIT_S,
-            "ray_actor_options": actor}
+    ours = {"max_batch_size": MAX_BATCH_SIZE, "ray_actor_options": actor}
     apps = {
         f"@serve.batch, max_ongoing_requests {2 * MAX_BATCH_SIZE}":
             ("serve", serve_batch_deployment(ServeBatchEmbedder, "sb", 2 * MAX_BATCH_SIZE, 1,
                                              actor).bind(model, device)),
         "batch_inference, BucketSeqBatcher": ("ours", deployment(
             MiniLMEmbedding, name="bucket", batcher=BucketSeqBatcher(
-                padding_tokens=[0, 0], buckets=[16, 32, 64], tensor="pt"), **ours)
+                padding_tokens=[0, 0], buckets=[16, 32, 64], tensor="pt"),
+            max_delay_s=BATCH_WAIT_S, **ours)
             .bind(model, device)),
         "batch_inference, LengthAwareBatcher": ("ours", deployment(
             MiniLMEmbedding, name="aware", batcher=LengthAwareBatcher(

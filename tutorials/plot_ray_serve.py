@@ -17,7 +17,9 @@ Compared in one run, on a local Ray cluster that this page starts and stops:
 * **BERT** (the BERT tutorial's variable-length queries, :doc:`plot_bert_embedding`;
   quick: the real ``all-MiniLM-L6-v2`` weights on a CPU, full: ``bert-base``), one
   replica each, ``max_batch_size`` 32, the same wait for a batch to fill
-  (``batch_wait_timeout_s`` and ``max_delay_s``, 10 ms): ``@serve.batch`` with
+  (``batch_wait_timeout_s`` and ``max_delay_s``, 10 ms; ``LengthAwareBatcher``
+  keeps its ``max_delay_s`` of 0, as its own page advises: a short one forces
+  badly padded batches): ``@serve.batch`` with
   ``max_ongoing_requests`` raised to 64 (Serve's default, 5, would cap its
   batches at 5: Ray issue 43288), and the library's deployment with
   :class:`~batch_inference.batcher.BucketSeqBatcher` (buckets 16 | 32 | 64) and
@@ -38,6 +40,14 @@ bounded in count and time; each measurement is the median of three rounds,
 interleaved between variants, after a warm-up. Read requests/s and latency
 as *relative* figures: the driver, Ray's processes and the replicas share
 this machine's cores.
+
+How to read the batch sizes: a replica's batch can only hold the requests
+that reached it while the previous batch ran. Each request costs Serve some
+CPU work on its way (the handle's router, the replica's event loop); where
+that work, not the model, is the limit (a small CPU busy with the driver
+and Ray's own processes), fewer requests arrive per batch than
+``max_ongoing_requests`` would let in, and the average batch stays below
+``max_batch_size`` whatever the settings.
 
 **Network safety.** Ray finds its own address by probing ``8.8.8.8`` and
 Serve's replicas listen on every interface, so the whole Ray part runs as a

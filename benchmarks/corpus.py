@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchmarks.bert import BertEmbedding, load_bert, make_queries, random_lengths
-from benchmarks.scheduling import length_sorted_batches
 
 from batch_inference import ModelHost
 from batch_inference.batcher.base import Batcher
 from batch_inference.benchmark import closed_loop, on_own_thread, stats_between
+from benchmarks.bert import BertEmbedding, load_bert, make_queries, random_lengths
+from benchmarks.scheduling import length_sorted_batches
 
 MIB = 2**20
 

@@ -47,6 +47,7 @@ __all__ = [
 TEMP_DIR_VARIABLE = "BATCH_INFERENCE_RAY_TMP"
 #: Object store of the local cluster: small, the pages send small tensors.
 OBJECT_STORE_BYTES = 150 * 2**20
+_REPOSITORY = Path(__file__).resolve().parent.parent
 _UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount-proc"]
 # Run as the namespace's first process: bring loopback up, then run Python (not exec'd:
 # the shell stays PID 1, so when Python ends the kernel ends everything Ray left behind).
@@ -90,8 +91,9 @@ def run_isolated(
     """Run ``sys.executable *argv`` in a fresh network (and PID) namespace with loopback only.
 
     The child sees the caller's environment plus ``env``, with
-    ``RAY_USAGE_STATS_ENABLED=0`` and a private Ray temp dir (removed
-    afterwards). Its stdout and stderr are captured as text.
+    ``RAY_USAGE_STATS_ENABLED=0``, a private Ray temp dir (removed
+    afterwards), and this repository first on ``PYTHONPATH``. Its stdout and
+    stderr are captured as text.
 
     Parameters
     ----------
@@ -116,7 +118,11 @@ def run_isolated(
         raise RuntimeError(f"cannot isolate Ray: {why}")
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths
     child_env = {**os.environ, **(env or {})}
-    child_env.update(RAY_USAGE_STATS_ENABLED="0", **{TEMP_DIR_VARIABLE: temp_dir})
+    # The child, and the Ray workers it starts, import `benchmarks` (and, in a source
+    # checkout, `batch_inference`) from this repository.
+    paths = [str(_REPOSITORY), *filter(None, child_env.get("PYTHONPATH", "").split(os.pathsep))]
+    child_env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)),
+                     **{TEMP_DIR_VARIABLE: temp_dir})
     command = [*_UNSHARE, "sh", "-c", _INNER, sys.executable, *argv]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

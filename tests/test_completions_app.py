@@ -310,3 +310,30 @@ def test_settings_refuse_bad_values_and_round_trip(bad: dict, named: str) -> Non
         CompletionsSettings(**bad)
     settings = CompletionsSettings(max_batch_size=3, torch_threads=1)
     assert CompletionsSettings.from_json(settings.to_json()) == settings
+
+
+@pytest.mark.timeout(300)
+def test_uvicorn_subprocess_streams_the_page_model_and_stops() -> None:
+    """The serving page's way: UvicornServer starts this app (not the embedding one)."""
+    from batch_inference.benchmark.http_server import UvicornServer
+    from benchmarks.completions_app import APP
+    from benchmarks.sse_load import stream_completion
+
+    server = UvicornServer(CompletionsSettings(torch_threads=1), app=APP, start_timeout_s=250)
+    with server:
+        socket_path = Path(server.uds)
+        assert socket_path.is_socket()
+
+        async def go() -> tuple[Any, Any, Any]:
+            transport = httpx.AsyncHTTPTransport(uds=server.uds)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                body = {"prompt": [5, 6, 7], "max_tokens": 6}
+                streamed = await stream_completion(client, body)
+                whole = (await client.post("/v1/completions", json=body)).json()
+                return streamed, whole, (await client.get("/health")).json()
+
+        streamed, whole, health = run(go())
+    assert not server.running and not socket_path.exists()
+    assert len(streamed.token_ids) == 6
+    assert streamed.token_ids == whole["choices"][0]["token_ids"]
+    assert "random-initialised" in health["weights"] and health["stats"]["completed"] == 2

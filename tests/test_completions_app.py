@@ -201,6 +201,31 @@ def test_sampling_values_on_a_greedy_only_host_get_400_naming_them(model: Any) -
     assert response.status_code == 400 and "temperature=0.8" in response.text
 
 
+def test_sampling_values_reach_the_host(model: Any) -> None:
+    """A seeded, sampled stream gets what host.generate gives with the same values."""
+    if not {"temperature", "top_p", "seed"} <= sampling_keywords():
+        pytest.skip("this GenerationHost decodes greedily only (no sampling keywords)")
+    app = create_app(CompletionsSettings(), model=model)
+    values = {"temperature": 1.5, "top_p": 0.9, "seed": 11}
+    prompt = prompts([4], seed=8)[0]
+
+    async def go() -> tuple[list[int], list[int], list[int]]:
+        async with serving(app) as client:
+            response = await client.post("/v1/completions", json={
+                "prompt": prompt, "max_tokens": 12, "stream": True, **values})
+            assert response.status_code == 200, response.text
+            streamed = [t for e in [e async for e in read_events(response)]
+                        for t in e["choices"][0]["token_ids"]]
+            sampled = await asyncio.to_thread(app.state.host.generate, prompt, 12,
+                                              timeout=BOUND_S, **values)
+            greedy = await asyncio.to_thread(app.state.host.generate, prompt, 12,
+                                             timeout=BOUND_S)
+            return streamed, sampled, greedy
+
+    streamed, sampled, greedy = run(go())
+    assert streamed == sampled and streamed != greedy
+
+
 @contextlib.contextmanager
 def uvicorn_on_a_socket(app: Any, wait_until: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a Unix socket, in a thread of this process."""

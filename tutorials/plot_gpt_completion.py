@@ -81,6 +81,7 @@ from batch_inference.benchmark.generation import (
     run_poisson,
     step_cost_curve,
 )
+from batch_inference.benchmark.progress_bar import progress
 from batch_inference.generation import GenerationHost
 from benchmarks.hf_continuous import HF_METHOD, run_hf_closed_loop
 
@@ -170,9 +171,9 @@ for method, runner in list(runners.items()):
         hf_refusal = f"{type(error).__name__}: {error}"  # said below, and the page goes on
         del runners[method]
 rounds = {method: [] for method in runners}
-for _ in range(ROUNDS):
-    for method, runner in runners.items():
-        rounds[method].append(runner(workload, SIZES["clients"], SIZES["max_batch_size"]))
+turns = [method for _ in range(ROUNDS) for method in runners]
+for method in progress(turns, "closed-loop runs", label=str):
+    rounds[method].append(runners[method](workload, SIZES["clients"], SIZES["max_batch_size"]))
 closed = [median_run(rounds[method]) for method in METHODS]
 # In float32 a batched matrix product may round differently from a lone one, so an argmax
 # near-tie could flip; the test suite checks exact equality in float64.

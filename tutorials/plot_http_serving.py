@@ -297,6 +297,7 @@ save_results("http_serving", {
 # level's median round (by tokens/s) is reported.
 
 from batch_inference.benchmark.generation import make_workload  # noqa: E402
+from batch_inference.benchmark.progress_bar import progress  # noqa: E402
 from benchmarks.completions_app import APP, CompletionsSettings  # noqa: E402
 from benchmarks.sse_load import SseLoadResult, sse_load, stream_completion  # noqa: E402
 
@@ -352,12 +353,12 @@ async def measure_streaming(server: UvicornServer) -> tuple[dict, dict, list, tu
                        max_requests=16, max_duration_s=STREAMING["max_s"])  # warm-up
         payloads = completion_bodies(STREAMING["per_client"] * max(levels), info["vocab_size"],
                                      seed=7)
-        for _ in range(ROUNDS):
-            for level in levels:
-                levels[level].append(await sse_load(
-                    client, payloads, clients=level,
-                    max_requests=STREAMING["per_client"] * max(level, 2),
-                    max_duration_s=STREAMING["max_s"]))
+        turns = [level for _ in range(ROUNDS) for level in levels]
+        for level in progress(turns, "streaming runs", label=lambda n: f"{n} clients"):
+            levels[level].append(await sse_load(
+                client, payloads, clients=level,
+                max_requests=STREAMING["per_client"] * max(level, 2),
+                max_duration_s=STREAMING["max_s"]))
         return info, levels, same, left
 
 

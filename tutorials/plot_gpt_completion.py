@@ -94,7 +94,7 @@ MODE = run_mode()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = {
     "full": {"queries": 128, "clients": 32, "max_batch_size": 32, "arrivals": 128},
-    "quick": {"queries": 64, "clients": 32, "max_batch_size": 32, "arrivals": 48},
+    "quick": {"queries": 96, "clients": 32, "max_batch_size": 32, "arrivals": 48},
 }[MODE]
 PROMPT_LENGTHS = (4, 32)  # tokens, inclusive
 NEW_TOKENS = (8, 64)  # max_new_tokens per query, inclusive (1.0: 64 for every query)

@@ -160,13 +160,18 @@ def _finish(method: str, host: GenerationHost, wall_s: float, streams: list[Any]
 
 
 def run_closed_loop(model: Any, method: str, workload: Workload, clients: int,
-                    max_batch_size: int, timeout_s: float = 600.0) -> GenerationRun:
-    """``clients`` threads send the workload's queries, each one at a time (1.0's loop)."""
+                    max_batch_size: int, timeout_s: float = 600.0,
+                    sampling: dict[str, Any] | None = None) -> GenerationRun:
+    """``clients`` threads send the workload's queries, each one at a time (1.0's loop).
+
+    ``sampling`` (e.g. ``{"temperature": 0.8, "top_p": 0.95}``) is passed to
+    every ``host.stream`` call; ``None`` decodes greedily.
+    """
     with _host(model, method, max_batch_size) as host:
         streams: list[Any] = [None] * len(workload)
 
         def call(i: int) -> list[int]:
-            streams[i] = stream = host.stream(*workload[i], timeout=timeout_s)
+            streams[i] = stream = host.stream(*workload[i], timeout=timeout_s, **(sampling or {}))
             return stream.result(timeout_s)
 
         result = closed_loop(call, [(i,) for i in range(len(workload))], clients)

@@ -57,6 +57,12 @@ class UvicornServer:
     env:
         Extra environment variables of the server processes (e.g.
         ``{"OMP_WAIT_POLICY": "PASSIVE"}``), over this process's environment.
+    app:
+        The app factory uvicorn starts (``module:function``); it reads
+        ``settings.to_json()`` from ``$BATCH_INFERENCE_HTTP_SETTINGS``
+        (default: the embedding app, whose settings are a :class:`ServeSettings`;
+        another app's settings are a dataclass with ``ready_dir``, ``variant``
+        and ``to_json()`` too).
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class UvicornServer:
         start_timeout_s: float = 120.0,
         stop_timeout_s: float = 30.0,
         env: dict[str, str] | None = None,
+        app: str = _APP,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigurationError(f"workers must be an integer >= 1, got {workers!r}")
@@ -78,6 +85,7 @@ class UvicornServer:
         self.start_timeout_s = float(start_timeout_s)
         self.stop_timeout_s = float(stop_timeout_s)
         self.env = dict(env or {})
+        self.app = app
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -113,7 +121,7 @@ class UvicornServer:
         package_root = str(Path(__file__).resolve().parents[1])  # benchmarks, batch_inference
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self._log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "uvicorn", "--factory", _APP, "--uds", self.uds,
+        command = [sys.executable, "-m", "uvicorn", "--factory", self.app, "--uds", self.uds,
                    "--workers", str(self.workers), "--log-level", "warning", "--no-access-log"]
         self._process = subprocess.Popen(command, env=env, stdout=self._log,
                                          stderr=subprocess.STDOUT, start_new_session=True)

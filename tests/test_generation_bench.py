@@ -106,3 +106,21 @@ def test_median_run_is_the_middle_round_of_one_method() -> None:
         median_run([rounds[0], _run("Static batching", 1.0, 100)])
     with pytest.raises(ConfigurationError):
         median_run([])
+
+
+def test_closed_loop_passes_sampling_keywords_to_every_request(model: Any) -> None:
+    import inspect
+
+    from batch_inference.generation import GenerationHost
+
+    if "temperature" not in inspect.signature(GenerationHost.stream).parameters:
+        pytest.skip("this GenerationHost decodes greedily only (no sampling keywords)")
+    workload = make_workload(8, (1, 6), (2, 8), vocab_size=97, seed=7)
+    greedy = [reference(model, p, n) for p, n in workload]
+    sampled = [run_closed_loop(model, "Continuous batching", workload, clients=4,
+                               max_batch_size=4, timeout_s=60,
+                               sampling={"temperature": 5.0, "top_p": 1.0, "seed": seed})
+               for seed in (1, 1, 2)]
+    assert [len(o) for o in sampled[0].outputs] == [n for _, n in workload]
+    assert sampled[0].outputs == sampled[1].outputs  # seeded: the same tokens in any batch
+    assert sampled[0].outputs != greedy and sampled[0].outputs != sampled[2].outputs

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.generation import load_gpt2, make_workload
 from batch_inference.generation import GenerationHost, _loop
 from batch_inference.generation.host import as_step_model
+from benchmarks.generation import load_gpt2, make_workload
 
 
 class TimedModel:

@@ -25,7 +25,13 @@ you will see:
   time (a Poisson process), reporting tokens/s, time to first token (TTFT)
   and latency p50/p99;
 * the cost of one decoding step by batch size, which bounds what batching
-  can gain on this hardware.
+  can gain on this hardware;
+* the same closed loop served by **transformers' own continuous batching**
+  (``model.init_continuous_batching()``, the engine behind
+  ``model.generate_batch``), side by side with ``GenerationHost``: tokens/s,
+  time to first token, p99 latency, and whether its greedy tokens equal ours;
+* a **sampled** row (temperature 0.8, top-p 0.95) beside the greedy ones,
+  where the host takes sampling keywords.
 
 Every method gives every caller exactly the tokens greedy decoding of its
 prompt alone gives (left padding with ``position_ids = cumsum(mask) - 1``);
@@ -50,6 +56,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(sys.argv[0]).resolve().parents[1]))  # the repository root, for benchmarks/
 
+import inspect
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,6 +75,7 @@ from batch_inference.benchmark import (
     run_mode,
     save_results,
 )
+from batch_inference.benchmark.progress_bar import progress
 from batch_inference.generation import GenerationHost
 from benchmarks.generation import (
     METHODS,
@@ -79,19 +88,27 @@ from benchmarks.generation import (
     run_poisson,
     step_cost_curve,
 )
+from benchmarks.hf_continuous import HF_METHOD, run_hf_closed_loop
 
 transformers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()
+# transformers' continuous batching logs an ERROR line on a CPU without psutil (it cannot
+# break its memory use down); the cache is sized explicitly here, so it does not need to.
+logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
 MODE = run_mode()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = {
     "full": {"queries": 128, "clients": 32, "max_batch_size": 32, "arrivals": 128},
-    "quick": {"queries": 192, "clients": 32, "max_batch_size": 32, "arrivals": 96},
+    "quick": {"queries": 96, "clients": 32, "max_batch_size": 32, "arrivals": 48},
 }[MODE]
 PROMPT_LENGTHS = (4, 32)  # tokens, inclusive
 NEW_TOKENS = (8, 64)  # max_new_tokens per query, inclusive (1.0: 64 for every query)
 LOAD = 0.4  # Poisson rate, as a fraction of the request rate static batching reached
 ROUNDS = 3  # closed-loop rounds per method, interleaved; the median one is reported
+SAMPLING = {"temperature": 0.8, "top_p": 0.95}
+SAMPLED = "Continuous batching, sampled (T=0.8, top-p 0.95)"
+# The sampled row runs where GenerationHost takes sampling keywords.
+SAMPLES = set(SAMPLING) <= set(inspect.signature(GenerationHost.stream).parameters)
 
 if DEVICE == "cpu":
     # The quick model's matrices are tiny: intra-op threads only add synchronisation, and
@@ -124,21 +141,48 @@ assert streamed == whole
 # Each method serves the same queries (prompt lengths and ``max_new_tokens``
 # vary per query) from ``clients`` threads, after a short warm-up of its own;
 # the methods take turns, ``ROUNDS`` times, and each one's median round (by
-# tokens/s) is reported.
+# tokens/s) is reported. Two more runners take their turns in the same
+# rounds: continuous batching with sampling (where the host samples), and
+# transformers' own continuous batching (compared in the next section).
+
+
+def sampled_run(workload: list, clients: int, max_batch_size: int) -> object:
+    run = run_closed_loop(lm.model, "Continuous batching", workload, clients, max_batch_size,
+                          sampling=SAMPLING)
+    run.method = SAMPLED
+    return run
+
+
+def hf_run(workload: list, clients: int, max_batch_size: int) -> object:
+    return run_hf_closed_loop(lm.model, workload, clients, max_batch_size)
+
 
 workload = make_workload(SIZES["queries"], PROMPT_LENGTHS, NEW_TOKENS, lm.vocab_size, seed=1)
 warmup = make_workload(SIZES["clients"], (4, 8), (4, 8), lm.vocab_size, seed=2)
-for method in METHODS:
-    run_closed_loop(lm.model, method, warmup, SIZES["clients"], SIZES["max_batch_size"])
-rounds = {method: [] for method in METHODS}
-for _ in range(ROUNDS):
-    for method in METHODS:
-        rounds[method].append(run_closed_loop(lm.model, method, workload, SIZES["clients"],
-                                              SIZES["max_batch_size"]))
+runners = {method: (lambda w, c, b, m=method: run_closed_loop(lm.model, m, w, c, b))
+           for method in METHODS}
+if SAMPLES:
+    runners[SAMPLED] = sampled_run
+else:
+    print("sampled row: not run (this GenerationHost.stream takes no temperature/top_p)")
+runners[HF_METHOD] = hf_run
+hf_refusal = None
+for method, runner in list(runners.items()):
+    try:
+        runner(warmup, SIZES["clients"], SIZES["max_batch_size"])
+    except Exception as error:
+        if method != HF_METHOD or MODE == "full":
+            raise
+        hf_refusal = f"{type(error).__name__}: {error}"  # said below, and the page goes on
+        del runners[method]
+rounds = {method: [] for method in runners}
+turns = [method for _ in range(ROUNDS) for method in runners]
+for method in progress(turns, "closed-loop runs", label=str):
+    rounds[method].append(runners[method](workload, SIZES["clients"], SIZES["max_batch_size"]))
 closed = [median_run(rounds[method]) for method in METHODS]
 # In float32 a batched matrix product may round differently from a lone one, so an argmax
 # near-tie could flip; the test suite checks exact equality in float64.
-every_run = [run for runs in rounds.values() for run in runs]
+every_run = [run for method in METHODS for run in rounds[method]]
 same = sum(all(run.outputs[i] == closed[0].outputs[i] for run in every_run)
            for i in range(len(workload)))
 identical = same == len(workload)
@@ -151,7 +195,8 @@ closed_ratio = continuous.tokens_per_s / static.tokens_per_s
 print(f"continuous / static tokens/s: {closed_ratio:.2f}x; "
       f"static / baseline: {static.tokens_per_s / baseline.tokens_per_s:.2f}x; "
       f"continuous / baseline: {continuous.tokens_per_s / baseline.tokens_per_s:.2f}x")
-pd.DataFrame(generation_table(closed))
+table_runs = closed + ([median_run(rounds[SAMPLED])] if SAMPLES else [])
+pd.DataFrame(generation_table(table_runs))
 
 # %%
 # The bars are the median rounds; the dots, every round.
@@ -170,6 +215,69 @@ ax.set_title(f"closed loop: {SIZES['queries']} queries, {SIZES['clients']} clien
              f"{MODE} mode, {DEVICE}")
 ax.margins(y=0.15)
 fig.tight_layout()
+
+# %%
+# Against transformers' own continuous batching
+# ---------------------------------------------
+# transformers 5 ships continuous batching of its own:
+# ``model.init_continuous_batching()`` starts a manager with a generation
+# thread and a paged KV cache, fed with ``add_request`` (``model.generate_batch``
+# wraps it for one offline batch with one ``max_new_tokens`` for all). Here it
+# serves the same workload from the same closed-loop clients, with the same
+# most rows per batch, greedily (see :mod:`benchmarks.hf_continuous`); it took
+# its turn in the rounds above. Its time to first token comes from its own
+# per-token timestamps. "Forward passes" counts its prefill-and-decode
+# passes and our ``prefill`` plus ``step`` calls.
+
+if hf_refusal is not None:
+    print(f"transformers' continuous batching did not run here: {hf_refusal}")
+    hf_rows = []
+else:
+    hf = median_run(rounds[HF_METHOD])
+    hf_same = sum(a == b for a, b in zip(hf.outputs, continuous.outputs))
+    print(f"queries whose greedy tokens from transformers equal GenerationHost's: "
+          f"{hf_same}/{len(workload)}")
+    hf_base = continuous.tokens_per_s
+    hf_ratio = hf.tokens_per_s / hf_base
+    print(f"transformers / GenerationHost tokens/s: {hf_ratio:.2f}x; forward passes "
+          f"{hf.model_calls} against {continuous.model_calls}")
+    hf_rows = []
+    for row, run in zip(latency_table([continuous, hf]), (continuous, hf)):
+        same = sum(a == b for a, b in zip(run.outputs, continuous.outputs))
+        hf_rows.append({**row, "vs GenerationHost": f"{run.tokens_per_s / hf_base:.2f}x",
+                        "Forward passes": run.model_calls,
+                        "Greedy tokens equal ours": f"{same}/{len(workload)}"})
+pd.DataFrame(hf_rows)
+
+# %%
+# Where transformers is ahead, the forward passes say why: it packs the
+# prompts of the requests that join and the one new token of every running
+# row into a single forward pass (a ragged batch over its paged cache), so a
+# join costs no pass of its own and no padding, and a waiting request joins
+# at the next pass. ``GenerationHost`` runs a separate ``prefill`` for the
+# rows that join (and waits for ``min_join_rows`` free rows, or
+# ``max_join_delay_steps`` steps, to make that pass worth it), then
+# concatenates left-padded caches. Passing it would take a step that takes
+# the joining prompts with the decoding rows (a varlen attention path in the
+# step-wise model), which would also remove the join wait from the time to
+# first token.
+
+if hf_rows:
+    engines, colours = (continuous, hf), ["#55a868", "#c44e52"]
+    fig, (ax_h, ax_f) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax_h.bar(["GenerationHost", "transformers"], [r.tokens_per_s for r in engines],
+             color=colours)
+    ax_h.set_ylabel("generated tokens / s (higher is better)")
+    x = np.arange(2)
+    ax_f.bar(x - 0.2, [r.percentile_s("ttft_s", 50) * 1e3 for r in engines], 0.4,
+             color=colours, label="TTFT p50")
+    ax_f.bar(x + 0.2, [r.percentile_s("latency_s", 99) * 1e3 for r in engines], 0.4,
+             color="white", edgecolor=colours, hatch="//", label="latency p99")
+    ax_f.set_xticks(x, ["GenerationHost", "transformers"])
+    ax_f.set_ylabel("ms (lower is better)")
+    ax_f.legend(fontsize=8)
+    fig.suptitle(f"closed loop, {SIZES['clients']} clients: two continuous batching engines")
+    fig.tight_layout()
 
 # %%
 # Queries arriving over time
@@ -278,7 +386,8 @@ save_results("gpt_completion", {
     "environment": {k: str(v) for k, v in env.items()},
     "mode": MODE,
     "weights": lm.weights,
-    "closed_loop": generation_table(closed),
+    "closed_loop": generation_table(table_runs),
+    "transformers_continuous_batching": hf_rows or {"refused": hf_refusal},
     "poisson": latency_table(poisson),
     "poisson_rate_per_s": rate_per_s,
     "step_cost_s": {str(b): s for b, s in curve.items()},

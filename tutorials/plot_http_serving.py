@@ -324,3 +324,164 @@ shown = ("batch_inference_requests_total", "batch_inference_batches_total",
          "batch_inference_padding_efficiency_ratio_sum")
 print("\n".join(line for line in scrapes[0][1].splitlines()
                 if line.startswith(shown) and not line.endswith(" 0.0")))
+
+# %%
+# Streaming completions over HTTP
+# -------------------------------
+# Language models are served token by token. The same recipe (a host started
+# in the app's ``lifespan``) serves the GPT page's model
+# (:doc:`plot_gpt_completion`; here random-initialised, so the text is token
+# ids) through an endpoint in the shape of the OpenAI completions API
+# (:mod:`benchmarks.completions_app`): ``POST /v1/completions`` with
+# ``{"prompt": [token ids], "max_tokens": 32, "stream": true}`` answers
+# Server-Sent Events, one ``data: {...}`` chunk per token as the
+# :class:`~batch_inference.generation.GenerationHost` produces it, then
+# ``data: [DONE]``; with ``"stream": false`` it answers one JSON object.
+# ``temperature``, ``top_p`` and ``seed`` are passed on to the host where it
+# accepts them. A client that disconnects cancels its request: its row leaves
+# the running batch at the next step.
+#
+# The server runs under uvicorn in a process of its own, on a Unix socket in
+# a private directory, as above. This page's streaming client
+# (:mod:`benchmarks.sse_load`) runs 1, 4 and 16 closed-loop clients (more in
+# full mode), each reading its stream to the end before sending its next
+# request, bounded in count and time; it measures the time to the first
+# token (TTFT) and to the last, and the tokens all clients received per
+# second. The levels take turns, ``ROUNDS`` times, after a warm-up; each
+# level's median round (by tokens/s) is reported.
+
+from batch_inference.benchmark.progress_bar import progress  # noqa: E402
+from benchmarks.completions_app import APP, CompletionsSettings  # noqa: E402
+from benchmarks.generation import make_workload  # noqa: E402
+from benchmarks.sse_load import SseLoadResult, sse_load, stream_completion  # noqa: E402
+
+STREAMING = {
+    "full": {"model": "full", "levels": [1, 4, 16, 64], "per_client": 4, "max_tokens": 64,
+             "max_s": 20.0},
+    "quick": {"model": "quick", "levels": [1, 4, 16], "per_client": 2, "max_tokens": 32,
+              "max_s": 5.0},
+}[MODE]
+completions_settings = CompletionsSettings(
+    model=STREAMING["model"], device=DEVICE, max_batch_size=MAX_BATCH_SIZE,
+    torch_threads=1 if DEVICE == "cpu" else None)  # the GPT page's one CPU thread
+
+
+def completion_bodies(count: int, vocab_size: int, seed: int) -> list[dict]:
+    workload = make_workload(count, (4, 32), (STREAMING["max_tokens"],) * 2, vocab_size, seed)
+    return [{"prompt": prompt, "max_tokens": budget} for prompt, budget in workload]
+
+
+async def left_mid_stream(client: httpx.AsyncClient, body: dict) -> tuple[int, dict]:
+    """Read two tokens of a long completion, leave, and wait (bounded) until it is cancelled."""
+    before = (await client.get("/health")).json()["stats"]["cancelled"]
+    async with client.stream("POST", "/v1/completions",
+                             json={**body, "max_tokens": 200, "stream": True}) as response:
+        read = 0
+        async for line in response.aiter_lines():
+            read += line.startswith("data:")
+            if read == 2:
+                break
+    for _ in range(1000):  # at most 10 s
+        health = (await client.get("/health")).json()
+        if health["stats"]["cancelled"] > before and health["active"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    return read, health
+
+
+async def measure_streaming(server: UvicornServer) -> tuple[dict, dict, list, tuple]:
+    limits = httpx.Limits(max_connections=max(STREAMING["levels"]) + 2)
+    transport = httpx.AsyncHTTPTransport(uds=server.uds)
+    async with httpx.AsyncClient(transport=transport, base_url="http://completions",
+                                 limits=limits) as client:
+        info = (await client.get("/health")).raise_for_status().json()
+        checks = completion_bodies(4, info["vocab_size"], seed=5)
+        same = []
+        for body in checks:
+            streamed = await stream_completion(client, body)
+            whole = (await client.post("/v1/completions", json=body)).raise_for_status().json()
+            same.append(streamed.token_ids == whole["choices"][0]["token_ids"])
+        left = await left_mid_stream(client, checks[0])
+        levels = {level: [] for level in STREAMING["levels"]}
+        await sse_load(client, completion_bodies(16, info["vocab_size"], seed=6), clients=4,
+                       max_requests=16, max_duration_s=STREAMING["max_s"])  # warm-up
+        payloads = completion_bodies(STREAMING["per_client"] * max(levels), info["vocab_size"],
+                                     seed=7)
+        turns = [level for _ in range(ROUNDS) for level in levels]
+        for level in progress(turns, "streaming runs", label=lambda n: f"{n} clients"):
+            levels[level].append(await sse_load(
+                client, payloads, clients=level,
+                max_requests=STREAMING["per_client"] * max(level, 2),
+                max_duration_s=STREAMING["max_s"]))
+        return info, levels, same, left
+
+
+with UvicornServer(completions_settings, start_timeout_s=300, env=SERVER_ENV,
+                   app=APP) as completions_server:
+    stream_info, stream_runs, stream_same, (read_before_leaving, after_leaving) = asyncio.run(
+        measure_streaming(completions_server))
+print("the completions server stopped:", not completions_server.running)
+print(f"weights: {stream_info['weights']}; sampling keywords the host accepts: "
+      f"{stream_info['sampling'] or 'none (greedy only)'}")
+print(f"streamed tokens == the JSON answer's, for {len(stream_same)} prompts: {all(stream_same)}")
+print(f"a client that read {read_before_leaving} tokens of 200 and left: requests cancelled "
+      f"{after_leaving['stats']['cancelled']}, still answered {after_leaving['active']}")
+assert all(stream_same)
+
+# %%
+# Each level's median round: the tokens every client received per second
+# together, and what one reader sees: its time to first token, its time to
+# the last token, and its tokens per second after the first.
+
+
+def median_stream(results: list[SseLoadResult]) -> SseLoadResult:
+    return sorted(results, key=lambda r: r.tokens_per_s)[(len(results) - 1) // 2]
+
+
+stream_medians = {level: median_stream(results) for level, results in stream_runs.items()}
+one_client = stream_medians[STREAMING["levels"][0]].tokens_per_s
+stream_rows = [{
+    "Clients": level,
+    "Requests": r.requests,
+    "Tokens": r.tokens,
+    "Tokens/s (all clients)": round(r.tokens_per_s, 1),
+    "vs 1 client": f"{r.tokens_per_s / one_client:.2f}x",
+    "TTFT p50 (ms)": round(r.percentile_s("ttft_s", 50) * 1e3, 1),
+    "TTFT p99 (ms)": round(r.percentile_s("ttft_s", 99) * 1e3, 1),
+    "Latency p50 (ms)": round(r.percentile_s("latency_s", 50) * 1e3, 1),
+    "Latency p99 (ms)": round(r.percentile_s("latency_s", 99) * 1e3, 1),
+    "Tokens/s per reader": round(r.decode_tokens_per_s, 1),
+    "Ended by": r.stopped_by,
+} for level, r in stream_medians.items()]
+pd.DataFrame(stream_rows)
+
+# %%
+
+fig, (ax_tps, ax_ttft) = plt.subplots(1, 2, figsize=(10, 3.6))
+levels_x = [row["Clients"] for row in stream_rows]
+ax_tps.plot(levels_x, [row["Tokens/s (all clients)"] for row in stream_rows], marker="o",
+            label="all clients")
+ax_tps.plot(levels_x, [row["Tokens/s per reader"] for row in stream_rows], marker="s",
+            label="one reader")
+ax_tps.set_xscale("log", base=2)
+ax_tps.set_xlabel("concurrent streaming clients")
+ax_tps.set_ylabel("tokens / s (higher is better)")
+ax_tps.legend()
+for name, style in (("TTFT p50 (ms)", "o-"), ("TTFT p99 (ms)", "s--")):
+    ax_ttft.plot(levels_x, [row[name] for row in stream_rows], style, label=name[5:8])
+ax_ttft.set_xscale("log", base=2)
+ax_ttft.set_xlabel("concurrent streaming clients")
+ax_ttft.set_ylabel("time to first token (ms)")
+ax_ttft.legend()
+fig.suptitle(f"SSE streaming over HTTP, GPT page's {STREAMING['model']} model, {DEVICE}")
+fig.tight_layout()
+
+save_results("http_streaming", {
+    "environment": {k: str(v) for k, v in env.items()},
+    "mode": MODE,
+    "rounds": ROUNDS,
+    "weights": stream_info["weights"],
+    "streamed_equals_json": all(stream_same),
+    "rows": stream_rows,
+})
+plt.show()

@@ -19,14 +19,8 @@ import torch
 
 from batch_inference import ModelHost
 from batch_inference.batcher.concat_batcher import ConcatBatcher
+from benchmarks._accelerator_harness import NoOpModel
 from benchmarks.corpus import MIB, PeakMemory
-
-
-class DoNothing:
-    """``predict_batch(x) -> x``."""
-
-    def predict_batch(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 def requests(count: int) -> Iterator[torch.Tensor]:
@@ -40,7 +34,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=None)
     parser.add_argument("--max-batch-size", type=int, default=32)
     args = parser.parse_args()
-    host = ModelHost(model_obj=DoNothing(), batcher=ConcatBatcher(tensor="pt"),
+    host = ModelHost(model_obj=NoOpModel(), batcher=ConcatBatcher(tensor="pt"),
                      max_batch_size=args.max_batch_size)
     with host:
         for _ in host.map(requests(10_000), window=args.window):

@@ -22,7 +22,7 @@ from ray import serve
 from benchmarks._accelerator_harness import SimulatedAccelerator
 from benchmarks.bert import BertEmbedding, load_bert
 
-__all__ = ["MAX_BATCH_SIZE", "Echo", "Identity", "MiniLMEmbedding", "ServeBatchAccelerator",
+__all__ = ["MAX_BATCH_SIZE", "Echo", "MiniLMEmbedding", "ServeBatchAccelerator",
            "ServeBatchEmbedder", "replica_id", "serve_batch_deployment"]
 
 #: ``@serve.batch``'s ``max_batch_size`` here; the page gives the library's deployment the same.
@@ -103,13 +103,6 @@ class Echo:
     """Returns its argument: Ray Serve's own handle round trip."""
 
     async def __call__(self, x: Any) -> Any:
-        return x
-
-
-class Identity:
-    """``predict_batch(x) -> x``: the library's deployment with no model cost."""
-
-    def predict_batch(self, x: Any) -> Any:
         return x
 
 

@@ -265,12 +265,11 @@ def _second_part(serve: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], 
     """The lone request, then the accelerator on 1 replica, then on 2 (scaled in place)."""
     from batch_inference import ConcatBatcher
     from batch_inference.ray.serve import deployment
-    from benchmarks._accelerator_harness import SimulatedAccelerator
+    from benchmarks._accelerator_harness import NoOpModel, SimulatedAccelerator
     from benchmarks.ray_serve_apps import (
         BATCH_WAIT_S,
         MAX_BATCH_SIZE,
         Echo,
-        Identity,
         ServeBatchAccelerator,
         serve_batch_deployment,
     )
@@ -284,7 +283,7 @@ def _second_part(serve: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], 
     label = {"serve": "@serve.batch", "ours": "batch_inference"}
     apps: dict[str, Any] = {
         "echo": serve.deployment(Echo, name="echo").bind(),
-        "identity": deployment(Identity, name="identity", batcher=ConcatBatcher(),
+        "identity": deployment(NoOpModel, name="identity", batcher=ConcatBatcher(),
                                max_batch_size=MAX_BATCH_SIZE).bind(),
         **{label[kind]: app.bind(**ACCELERATOR) for kind, app in scaled.items()},
     }

@@ -28,7 +28,6 @@ the app's ``lifespan`` (nothing at import): :func:`app_from_env` is the factory
 # run time, and the request model is defined inside create_app.
 
 import asyncio
-import inspect
 import json
 import os
 import time
@@ -52,16 +51,11 @@ from batch_inference.errors import (
 from batch_inference.generation import GenerationHost
 from benchmarks.http_app import SETTINGS_VARIABLE
 
-__all__ = ["APP", "CompletionsSettings", "app_from_env", "create_app", "sampling_keywords"]
+__all__ = ["APP", "CompletionsSettings", "app_from_env", "create_app"]
 
 #: What :class:`~benchmarks.http_server.UvicornServer` starts (``uvicorn --factory``).
 APP = "benchmarks.completions_app:app_from_env"
 _SAMPLING = ("temperature", "top_p", "seed")
-
-
-def sampling_keywords() -> set[str]:
-    """Which of ``temperature``, ``top_p``, ``seed`` this ``GenerationHost.stream`` accepts."""
-    return set(_SAMPLING) & set(inspect.signature(GenerationHost.stream).parameters)
 
 
 @dataclass(frozen=True)
@@ -190,7 +184,6 @@ def create_app(settings: CompletionsSettings, model: Any | None = None,
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.requests import Request
 
-    accepted = sampling_keywords()
     _TokenEvents = _token_events_class()  # noqa: N806 - a class
 
     class CompletionRequest(BaseModel):
@@ -229,7 +222,7 @@ def create_app(settings: CompletionsSettings, model: Any | None = None,
         host: GenerationHost = app.state.host
         stats = host.stats()
         return {"pid": os.getpid(), "weights": app.state.weights,
-                "vocab_size": host.model.vocab_size, "sampling": sorted(accepted),
+                "vocab_size": host.model.vocab_size, "sampling": sorted(_SAMPLING),
                 "active": app.state.active,
                 "stats": {name: getattr(stats, name) for name in
                           ("requests", "completed", "failed", "timed_out", "cancelled",
@@ -241,9 +234,6 @@ def create_app(settings: CompletionsSettings, model: Any | None = None,
         for name in _SAMPLING:
             value, default = getattr(body, name), CompletionRequest.model_fields[name].default
             if value != default:
-                if name not in accepted:
-                    raise HTTPException(400, f"{name}={value!r}: this GenerationHost decodes "
-                                             "greedily only (no sampling keywords)")
                 options[name] = value
         try:
             return app.state.host.stream(body.prompt, body.max_tokens, **options)

@@ -31,7 +31,6 @@ from batch_inference.errors import ConfigurationError  # noqa: E402
 from benchmarks.completions_app import (  # noqa: E402
     CompletionsSettings,
     create_app,
-    sampling_keywords,
 )
 from benchmarks.sse_load import StreamError, read_events, sse_load  # noqa: E402
 
@@ -188,23 +187,8 @@ def test_bad_values_get_400_or_422_naming_the_value(
         assert named in response.text
 
 
-def test_sampling_values_on_a_greedy_only_host_get_400_naming_them(model: Any) -> None:
-    if "temperature" in sampling_keywords():
-        pytest.skip("this GenerationHost samples: temperature is accepted")
-    app = create_app(CompletionsSettings(), model=model)
-
-    async def go() -> Any:
-        async with serving(app) as client:
-            return await client.post("/v1/completions", json={"prompt": [1], "temperature": 0.8})
-
-    response = run(go())
-    assert response.status_code == 400 and "temperature=0.8" in response.text
-
-
 def test_sampling_values_reach_the_host(model: Any) -> None:
     """A seeded, sampled stream gets what host.generate gives with the same values."""
-    if not {"temperature", "top_p", "seed"} <= sampling_keywords():
-        pytest.skip("this GenerationHost decodes greedily only (no sampling keywords)")
     app = create_app(CompletionsSettings(), model=model)
     values = {"temperature": 1.5, "top_p": 0.9, "seed": 11}
     prompt = prompts([4], seed=8)[0]

@@ -56,7 +56,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(sys.argv[0]).resolve().parents[1]))  # the repository root, for benchmarks/
 
-import inspect
 import logging
 import os
 
@@ -107,8 +106,6 @@ LOAD = 0.4  # Poisson rate, as a fraction of the request rate static batching re
 ROUNDS = 3  # closed-loop rounds per method, interleaved; the median one is reported
 SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 SAMPLED = "Continuous batching, sampled (T=0.8, top-p 0.95)"
-# The sampled row runs where GenerationHost takes sampling keywords.
-SAMPLES = set(SAMPLING) <= set(inspect.signature(GenerationHost.stream).parameters)
 
 if DEVICE == "cpu":
     # The quick model's matrices are tiny: intra-op threads only add synchronisation, and
@@ -161,10 +158,7 @@ workload = make_workload(SIZES["queries"], PROMPT_LENGTHS, NEW_TOKENS, lm.vocab_
 warmup = make_workload(SIZES["clients"], (4, 8), (4, 8), lm.vocab_size, seed=2)
 runners = {method: (lambda w, c, b, m=method: run_closed_loop(lm.model, m, w, c, b))
            for method in METHODS}
-if SAMPLES:
-    runners[SAMPLED] = sampled_run
-else:
-    print("sampled row: not run (this GenerationHost.stream takes no temperature/top_p)")
+runners[SAMPLED] = sampled_run
 runners[HF_METHOD] = hf_run
 hf_refusal = None
 for method, runner in list(runners.items()):
@@ -195,7 +189,7 @@ closed_ratio = continuous.tokens_per_s / static.tokens_per_s
 print(f"continuous / static tokens/s: {closed_ratio:.2f}x; "
       f"static / baseline: {static.tokens_per_s / baseline.tokens_per_s:.2f}x; "
       f"continuous / baseline: {continuous.tokens_per_s / baseline.tokens_per_s:.2f}x")
-table_runs = closed + ([median_run(rounds[SAMPLED])] if SAMPLES else [])
+table_runs = closed + [median_run(rounds[SAMPLED])]
 pd.DataFrame(generation_table(table_runs))
 
 # %%

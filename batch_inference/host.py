@@ -28,6 +28,12 @@ class ModelHost(HostLifecycle):
     requests into batches, calls ``predict_batch`` once per batch and hands
     every caller its own slice of the output.
 
+    Its lifecycle is every host's: :meth:`start`
+    on a started host raises
+    :class:`~batch_inference.errors.HostAlreadyRunningError`; :meth:`stop`
+    drains (or cancels) and may be followed by a new :meth:`start`;
+    :attr:`running`, :attr:`broken`, ``with`` and ``async with`` as there.
+
     Parameters
     ----------
     model_cls:
@@ -83,12 +89,6 @@ class ModelHost(HostLifecycle):
         requests wait, even within the delay.
     model_args, model_kwargs:
         Arguments for ``model_cls``.
-
-    Its lifecycle is every host's: :meth:`start`
-    on a started host raises
-    :class:`~batch_inference.errors.HostAlreadyRunningError`; :meth:`stop`
-    drains (or cancels) and may be followed by a new :meth:`start`;
-    :attr:`running`, :attr:`broken`, ``with`` and ``async with`` as there.
     """
 
     def __init__(

@@ -47,7 +47,17 @@ def as_step_model(model: Any) -> StepModel:
 
 
 class GenerationHost(HostLifecycle):
-    """Greedy generation for many callers, with one worker thread decoding them together.
+    """Generation for many callers, greedy or sampled, decoded together by one worker thread.
+
+    Every greedy caller gets exactly the tokens greedy decoding of its prompt
+    alone gives, and every seeded sampled caller the tokens it gets alone,
+    whatever shares its batch and whenever it joined.
+
+    Its lifecycle is every host's: a second
+    :meth:`start` raises :class:`~batch_inference.errors.HostAlreadyRunningError`;
+    once the model raised a ``BaseException`` the host is :attr:`broken` (not
+    :attr:`running`) until it is stopped and started again; ``with`` and
+    ``async with`` start and stop it; :meth:`stats` count across restarts.
 
     Parameters
     ----------
@@ -77,15 +87,6 @@ class GenerationHost(HostLifecycle):
     max_join_delay_steps:
         ... or once they have waited this many steps with rows free (default 8).
         An idle host starts a request at once.
-
-    Every caller gets exactly the tokens greedy decoding of its prompt alone
-    gives, whatever shares its batch and whenever it joined.
-
-    Its lifecycle is every host's: a second
-    :meth:`start` raises :class:`~batch_inference.errors.HostAlreadyRunningError`;
-    once the model raised a ``BaseException`` the host is :attr:`broken` (not
-    :attr:`running`) until it is stopped and started again; ``with`` and
-    ``async with`` start and stop it; :meth:`stats` count across restarts.
     """
 
     def __init__(

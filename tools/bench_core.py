@@ -13,7 +13,12 @@ imports anything of the package beyond its errors), so an older tree without
 * ``threads_qps``: a model that does nothing, 64 threads, 20,000 calls of ``host.predict``;
 * ``asyncio_qps``: the same model, 1,000 asyncio tasks, 50,000 calls of ``predict_async``;
 * ``lone_added_us``: median ``host.predict`` minus median direct ``predict_batch`` call,
-  2,000 sequential calls each.
+  2,000 sequential calls each;
+* ``accel_threads_qps``: the simulated accelerator of the accelerator page
+  (``ConcatBatcher``, ``max_batch_size=64``, ``wait_ms=0``), 256 threads, 40,000 calls;
+* ``accel_processes_qps``: the same model served here by ``RemoteModelHost``, 4 client
+  processes (this script with ``--client``) x 64 threads, 10,000 calls each; the rate is
+  all calls over the slowest client's wall time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -37,7 +43,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # benchmarks/, after 
 from batch_inference import ModelHost
 from batch_inference.batcher.bucket_seq_batcher import BucketSeqBatcher
 from batch_inference.batcher.concat_batcher import ConcatBatcher
-from benchmarks._accelerator_harness import NoOpModel
+from benchmarks._accelerator_harness import ROW, NoOpModel, SimulatedAccelerator
 from benchmarks.bert import BUCKETS
 
 
@@ -141,11 +147,75 @@ def lone_added_us(calls: int) -> float:
         return (median_s(host.predict) - median_s(model.predict_batch)) * 1e6
 
 
+ACCEL_MAX_BATCH = 64
+
+
+def accel_threads_qps(calls: int, clients: int) -> float:
+    with ModelHost(model_obj=SimulatedAccelerator(), batcher=ConcatBatcher(),
+                   max_batch_size=ACCEL_MAX_BATCH, wait_ms=0, wait_n=ACCEL_MAX_BATCH) as host:
+        closed_loop(host.predict, [(ROW,)] * 2000, clients)
+        return calls / closed_loop(host.predict, [(ROW,)] * calls, clients)
+
+
+def accel_client(port: int, calls: int, clients: int) -> None:
+    """One client process: connect, warm up, say ``ready``, wait for ``go``, print its seconds."""
+    from batch_inference.remote import RemoteModelHost
+
+    host = RemoteModelHost(SimulatedAccelerator, port, ConcatBatcher(), ACCEL_MAX_BATCH,
+                           wait_ms=0, wait_n=ACCEL_MAX_BATCH, connect_timeout_s=60.0)
+    host.start()
+    try:
+        closed_loop(host.predict, [(ROW,)] * 500, clients)
+        print("ready", flush=True)
+        if sys.stdin.readline().strip() == "go":
+            print(json.dumps({"seconds": closed_loop(host.predict, [(ROW,)] * calls, clients)}),
+                  flush=True)
+    finally:
+        host.stop()
+
+
+def accel_processes_qps(processes: int, calls: int, clients: int) -> float:
+    from batch_inference.remote import RemoteModelHost
+
+    port = 46000 + os.getpid() % 2000
+    server = RemoteModelHost(SimulatedAccelerator, port, ConcatBatcher(), ACCEL_MAX_BATCH,
+                             wait_ms=0, wait_n=ACCEL_MAX_BATCH)
+    with server:
+        if not server.is_server:
+            raise RuntimeError(f"port {port} is already served by another process")
+        children = [subprocess.Popen(
+            [sys.executable, __file__, "--client", str(port), str(calls), str(clients)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+        try:
+            for child in children:
+                assert child.stdout is not None
+                line = child.stdout.readline().strip()
+                if line != "ready":
+                    raise RuntimeError(f"a client process failed to start (said {line!r})")
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            seconds = [json.loads(child.communicate(timeout=300)[0])["seconds"]
+                       for child in children]
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait(10)
+    return processes * calls / max(seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--skip-seed", action="store_true")
+    parser.add_argument("--client", nargs=3, type=int, metavar=("PORT", "CALLS", "THREADS"),
+                        help="run as one client process of accel_processes_qps")
     args = parser.parse_args()
+    if args.client:
+        accel_client(*args.client)
+        return
     torch.set_num_threads(2)
     import batch_inference
 
@@ -161,6 +231,8 @@ def main() -> None:
     figures["threads_qps"] = threads_qps(20_000, 64)
     figures["asyncio_qps"] = asyncio_qps(50_000, 1000)
     figures["lone_added_us"] = lone_added_us(2000)
+    figures["accel_threads_qps"] = accel_threads_qps(40_000, 256)
+    figures["accel_processes_qps"] = accel_processes_qps(4, 10_000, 64)
     print(json.dumps(figures))
 
 

@@ -25,6 +25,8 @@ from batch_inference.ray.serve import call, call_async, deployment
 from benchmarks.ray_local import check_sockets, init_ray, interfaces, sockets
 
 HTTP_PORT = 8123
+METRICS_PORT = 8124
+METRICS_BOUND_S = 60.0
 KILL_CALLERS = 64
 CALL_TIMEOUT_S = 20.0
 ALL_CALLERS_BOUND_S = 45.0
@@ -85,6 +87,44 @@ def answers_and_errors(handle: Any) -> dict[str, Any]:
     }
 
 
+def ray_metrics(handle: Any) -> dict[str, Any]:
+    """Scrape Ray's metrics endpoint until it reports the replica's completed requests.
+
+    Ray's agent gathers what workers record every few seconds, so this polls
+    (bounded by ``METRICS_BOUND_S``); parsed with prometheus-client's own parser.
+    """
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stats = handle.stats.remote().result(timeout_s=CALL_TIMEOUT_S)
+    wanted = stats.completed
+    deadline_s = time.monotonic() + METRICS_BOUND_S
+    families: dict[str, Any] = {}
+    completed = None
+    while time.monotonic() < deadline_s:
+        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5.0).text
+        families = {f.name: f for f in text_string_to_metric_families(text)
+                    if f.name.startswith("ray_batch_inference_")}
+        requests = families.get("ray_batch_inference_requests")
+        if requests is not None:
+            completed = sum(s.value for s in requests.samples
+                            if s.labels.get("outcome") == "completed"
+                            and s.labels.get("host") == "Affine")
+            if completed >= wanted:
+                break
+        time.sleep(0.5)
+    sizes = families.get("ray_batch_inference_batch_size")
+    return {
+        "completed by stats": wanted,
+        "completed by Ray": completed,
+        "batches by stats": stats.batches,
+        "batches by Ray": None if sizes is None else sum(
+            s.value for s in sizes.samples if s.name.endswith("_count")),
+        "families": {name: f.type for name, f in sorted(families.items())},
+        "labels": sorted({key for f in families.values() for s in f.samples for key in s.labels}),
+    }
+
+
 async def kill_under_load(ray: Any, handle: Any) -> dict[str, Any]:
     """``KILL_CALLERS`` callers at once; the replica is killed once its first batch runs."""
     x = torch.tensor([[1.0, 2.0]])
@@ -130,15 +170,17 @@ async def kill_under_load(ray: Any, handle: Any) -> dict[str, Any]:
 
 def main() -> None:
     report: dict[str, Any] = {"interfaces": interfaces()}
-    ray = init_ray(num_cpus=2)
+    ray = init_ray(num_cpus=2, _metrics_export_port=METRICS_PORT)
     from ray import serve
 
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
         app = deployment(Affine, batcher=ConcatBatcher(), max_batch_size=8, num_replicas=1,
-                         deployment_options={"health_check_period_s": 1.0})
+                         deployment_options={"health_check_period_s": 1.0},
+                         metrics_interval_s=0.5)
         handle = serve.run(app.bind(0.1), name="affine", route_prefix="/affine")
         report.update(answers_and_errors(handle))
+        report["ray metrics"] = ray_metrics(handle)
         listening = sorted({s["local"] for s in sockets() if s["state"] == "LISTEN"})
         report["sockets"] = {"problems": check_sockets(), "count": len(sockets()),
                              "listening": listening}

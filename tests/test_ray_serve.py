@@ -182,3 +182,19 @@ def test_a_killed_replica_leaves_no_caller_hanging_and_serving_resumes(live):
     assert set(kill["outcomes"]) <= {"result", "RemoteHostLostError", "RequestTimeoutError"}
     assert kill["served again after s"] is not None
     assert kill["killed"] not in kill["replicas after"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
+def test_the_replicas_host_metrics_reach_rays_metrics_endpoint(live):
+    metrics = live["ray metrics"]
+    assert metrics["completed by stats"] > 0
+    assert metrics["completed by Ray"] == metrics["completed by stats"]
+    assert metrics["batches by Ray"] == metrics["batches by stats"]
+    families = metrics["families"]
+    assert families["ray_batch_inference_requests"] == "counter"
+    assert families["ray_batch_inference_batches"] == "counter"
+    assert families["ray_batch_inference_batch_size"] == "histogram"
+    assert families["ray_batch_inference_queue_wait_seconds"] == "histogram"
+    assert families["ray_batch_inference_queue_depth"] == "gauge"
+    assert {"host", "replica", "reason", "outcome"} <= set(metrics["labels"])

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["ReplicaLimits", "replica_limits"]
+__all__ = ["ReplicaLimits", "check_interval", "replica_limits"]
 
 
 @dataclass(frozen=True)
@@ -128,3 +128,14 @@ def autoscaling_with_target(config: dict[str, Any] | None, limits: ReplicaLimits
 def _positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_interval(interval_s: Any) -> float | None:
+    """``interval_s`` as a float, or ``None`` (no export); anything else is refused."""
+    if interval_s is None:
+        return None
+    if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)) or not (
+            0 < interval_s < float("inf")):
+        raise ConfigurationError(
+            f"metrics_interval_s must be a positive number of seconds or None, got {interval_s!r}")
+    return float(interval_s)

@@ -50,7 +50,7 @@ from ..errors import (
 from ..host import ModelHost
 from ..stats import HostStats
 from ._calls import call, call_async, unwrap_error
-from ._settings import ReplicaLimits, autoscaling_with_target, replica_limits
+from ._settings import ReplicaLimits, autoscaling_with_target, check_interval, replica_limits
 
 __all__ = ["ReplicaLimits", "call", "call_async", "deployment", "host_settings", "replica_limits",
            "unwrap_error"]
@@ -79,6 +79,7 @@ def deployment(
     decode: Callable[[Any], tuple[Any, ...]] | None = None,
     encode: Callable[[Any], Any] | None = None,
     deployment_options: dict[str, Any] | None = None,
+    metrics_interval_s: float | None = 5.0,
     **host_options: Any,
 ) -> Any:
     """A Serve deployment (``ray.serve.Deployment``): ``model_cls`` behind one host per replica.
@@ -113,6 +114,12 @@ def deployment(
     deployment_options:
         Other keywords of ``ray.serve.deployment`` (``max_queued_requests``,
         ``health_check_period_s``...).
+    metrics_interval_s:
+        Every replica copies its host's metrics (those of
+        :mod:`batch_inference.metrics`, labelled ``host``: the deployment, and
+        ``replica``) into Ray's own metrics this often, and once more when it
+        stops, so that Ray's metrics endpoint reports them with a ``ray_``
+        prefix (see ``batch_inference.ray._metrics``); ``None``: not at all.
     **host_options:
         Keywords of :class:`~batch_inference.ModelHost` (``batcher``,
         ``max_batch_size``, ``max_delay_s``, ``model_args``...).
@@ -122,6 +129,7 @@ def deployment(
     ConfigurationError
         A host setting is invalid, or the limits disagree (the message names the value).
     """
+    interval_s = check_interval(metrics_interval_s)
     settings = host_settings(model_cls, host_options)
     limits = replica_limits(
         settings["max_batch_size"], num_workers=_workers(settings),
@@ -133,7 +141,8 @@ def deployment(
     ModelHost(model_cls, **settings)  # every setting checked now, in the caller's process
     from ray import serve
 
-    attributes = {"_model_cls": model_cls, "_host_settings": settings}
+    attributes = {"_model_cls": model_cls, "_host_settings": settings,
+                  "_metrics_interval_s": interval_s}
     replica: type = type(f"{model_cls.__name__}Replica", (_HostReplica,), attributes)
     if http:
         replica = _with_ingress(replica, route, decode or _decode_tensors, encode or _encode)
@@ -181,6 +190,7 @@ class _HostReplica:
 
     _model_cls: type
     _host_settings: dict[str, Any]
+    _metrics_interval_s: float | None
 
     def __init__(self, *model_args: Any, **model_kwargs: Any) -> None:
         settings = dict(self._host_settings)
@@ -189,6 +199,16 @@ class _HostReplica:
         if model_kwargs:
             settings["model_kwargs"] = {**settings.get("model_kwargs", {}), **model_kwargs}
         self._host = ModelHost(self._model_cls, **settings).start()
+        self._exporter: Any = None
+        if self._metrics_interval_s is not None:
+            from ray import serve
+
+            from ._metrics import RayStatsExporter
+
+            context = serve.get_replica_context()
+            self._exporter = RayStatsExporter(
+                self._host, context.deployment, context.replica_id.unique_id
+            ).start(self._metrics_interval_s)
 
     async def predict(self, *args: Any, timeout_s: float | None = None) -> Any:
         """One request through the replica's host (``handle.predict.remote(...)``)."""
@@ -219,6 +239,9 @@ class _HostReplica:
         if host is not None:
             await asyncio.get_running_loop().run_in_executor(None, host.stop, False,
                                                              STOP_TIMEOUT_S)
+        exporter = self.__dict__.get("_exporter")
+        if exporter is not None:  # the last counts, after the drain
+            await asyncio.get_running_loop().run_in_executor(None, exporter.stop)
 
 
 def _with_ingress(replica: type, route: str, decode: Callable[[Any], tuple[Any, ...]],

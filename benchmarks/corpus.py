@@ -147,15 +147,17 @@ def one_at_a_time(model: Any, queries: Sequence[tuple[Any, ...]]) -> CorpusRow:
 
 
 def threads_through_host(model: Any, batcher: Batcher, queries: Sequence[tuple[Any, ...]],
-                         clients: int, max_batch_size: int, warmup: int = 64) -> CorpusRow:
-    """Today's way: ``clients`` threads each call ``host.predict`` one query at a time."""
+                         clients: int, max_batch_size: int, warmup: int = 64,
+                         label: str = "") -> CorpusRow:
+    """Today's way: ``clients`` threads each call ``host.predict`` one query at a time
+    (the row is named ``"<clients> threads through the host"``, then ``label``)."""
     with ModelHost(model_obj=model, batcher=batcher, max_batch_size=max_batch_size) as host:
         closed_loop(host.predict, queries[:warmup], clients)
         before = host.stats()
         with PeakMemory() as memory:
             load = closed_loop(host.predict, queries, clients, keep_outputs=True)
         window = stats_between(before, host.stats())
-    return CorpusRow(f"{clients} threads through the host", load.queries, load.wall_s,
+    return CorpusRow(f"{clients} threads through the host{label}", load.queries, load.wall_s,
                      window.padding_efficiency, window.mean_batch_size, memory.growth_mib,
                      _stack(load.outputs))
 

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 from ._checks import loop_deadline, remaining, timeout_message
 from .errors import RequestTimeoutError
 
-__all__ = ["LightFuture", "settle", "timed_out", "wait_async", "wait_blocking"]
+__all__ = ["LightFuture", "give_up_if_cancelled", "settle", "timed_out", "wait_async",
+           "wait_blocking"]
 
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
 #: Guards the state changes of every LightFuture (each a few bytecodes long).
@@ -228,9 +229,15 @@ async def wait_async(
             raise timed_out(since_s) from None
         return await _landing(future)
     except BaseException:
-        if not loop_future.done() or loop_future.cancelled():  # the awaiting task was cancelled
-            give_up(token, "cancelled")
+        give_up_if_cancelled(loop_future, give_up, token)
         raise
+
+
+def give_up_if_cancelled(loop_future: asyncio.Future[Any], give_up: GiveUp[T], token: T) -> None:
+    """Called where ``await loop_future`` raised: if the awaiting task was cancelled (rather
+    than the outcome being an exception), give the request up."""
+    if not loop_future.done() or loop_future.cancelled():
+        give_up(token, "cancelled")
 
 
 async def _landing(future: LightFuture) -> Any:

@@ -8,7 +8,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ._checks import positional_range
-from ._future import LightFuture
+from ._future import LightFuture, give_up_if_cancelled
 from ._lifecycle import HostLifecycle
 from ._request import make_request
 from ._scheduler import Scheduler
@@ -350,7 +350,18 @@ class ModelHost(HostLifecycle):
         future = LightFuture(asyncio.get_running_loop())
         request = make_request(args, timeout, future, self.batcher, self._arg_range,
                                self.default_timeout_s)
-        return await self._door().predict_async(request, wait_for_queue)
+        scheduler = self._door()
+        if wait_for_queue or request.deadline_s is not None:
+            return await scheduler.predict_async(request, wait_for_queue)
+        # No deadline, no wait for room: the loop future is awaited in this frame.
+        scheduler.put(request, False)
+        loop_future = future.loop_future
+        assert loop_future is not None
+        try:
+            return await loop_future
+        except BaseException:
+            give_up_if_cancelled(loop_future, scheduler.abandon, request)
+            raise
 
     def _door(self) -> Scheduler:
         """The latest start's scheduler (a stopped one refuses the request)."""

@@ -89,7 +89,7 @@ SETTINGS = {
              "accelerator_clients_per_replica": 64, "accelerator_round_s": 3.0, "accelerator_warmup_s": 1.0,
              "accelerator_max_requests": 20000},
     "quick": {"model": "minilm", "queries": 96, "warmup": 32, "clients": 64, "rounds": 3,
-              "round_limit_s": 6.0, "checked": 32, "lone": 100,
+              "round_limit_s": 6.0, "checked": 32, "lone": 300,
               "accelerator_clients_per_replica": 64, "accelerator_round_s": 2.0, "accelerator_warmup_s": 1.0,
               "accelerator_max_requests": 5000},
 }[MODE]

@@ -45,7 +45,7 @@ class RayStatsExporter:
         self._collector = HostCollector(host, name)
         self._replica = replica
         self._metrics: dict[str, Any] = {}
-        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -31,6 +31,8 @@ __all__ = ["ServerStartError", "UvicornServer"]
 _APP = "benchmarks.http_app:app_from_env"
 #: Where :class:`~batch_inference.RemoteModelHost` puts its sockets (see ``remote/_election``).
 RUNTIME_DIR_VARIABLE = "BATCH_INFERENCE_RUNTIME_DIR"
+#: Seconds uvicorn keeps an idle connection open (its default, 5, is shorter than a page's pauses).
+KEEP_ALIVE_S = 600
 
 
 class ServerStartError(BatchInferenceError, RuntimeError):
@@ -121,8 +123,13 @@ class UvicornServer:
         package_root = str(Path(__file__).resolve().parents[1])  # benchmarks, batch_inference
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self._log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        # Keep idle connections open past the page's pauses: a page keeps one client per
+        # server while the other servers' rounds run, and with uvicorn's default (5 s) a
+        # request sent as the server closes the idle connection fails with "Server
+        # disconnected without sending a response" (it did, once, in a docs build).
         command = [sys.executable, "-m", "uvicorn", "--factory", self.app, "--uds", self.uds,
-                   "--workers", str(self.workers), "--log-level", "warning", "--no-access-log"]
+                   "--workers", str(self.workers), "--log-level", "warning", "--no-access-log",
+                   "--timeout-keep-alive", str(KEEP_ALIVE_S)]
         self._process = subprocess.Popen(command, env=env, stdout=self._log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         return self

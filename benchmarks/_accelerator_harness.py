@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -164,6 +165,31 @@ def executor_load(predict: Callable[..., Any], workers: int = 64, calls: int = 2
         rates.append(rate)
     rates = rates[1:]  # the warm-up
     return {"requests_per_s": statistics.median(rates), "rounds": rates, "hung": 0}
+
+
+def release_together(children: list[subprocess.Popen[str]], timeout_s: float) -> list[str]:
+    """Wait until every client process says ``ready``, send them all ``go``, return their outputs.
+
+    Each child prints ``ready`` once connected and warmed up, waits for ``go`` on
+    its stdin, runs, and prints its result. A child that is still running at the
+    end (an error, or past ``timeout_s``) is killed.
+    """
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = child.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"a client process failed to start (said {line!r})")
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        return [child.communicate(timeout=timeout_s)[0] for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
 
 
 def _main(config: dict[str, Any]) -> None:

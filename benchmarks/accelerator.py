@@ -134,23 +134,8 @@ def _serve_children(model_cls: type, port: int | None, configs: list[dict[str, A
              json.dumps({"port": port, **config})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env(),
         ) for config in configs]
-        try:
-            for child in children:
-                assert child.stdout is not None
-                line = child.stdout.readline().strip()
-                if line != "ready":
-                    raise RuntimeError(f"a client process failed to start (said {line!r})")
-            for child in children:
-                assert child.stdin is not None
-                child.stdin.write("go\n")
-                child.stdin.flush()
-            return [json.loads(child.communicate(timeout=_CHILD_TIMEOUT_S)[0])
-                    for child in children]
-        finally:
-            for child in children:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait(10)
+        return [json.loads(output)
+                for output in harness.release_together(children, _CHILD_TIMEOUT_S)]
 
 
 def remote_lone_caller(calls: int = 2_000, port: int | None = None) -> dict[str, float]:

@@ -43,7 +43,12 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # benchmarks/, after 
 from batch_inference import ModelHost
 from batch_inference.batcher.bucket_seq_batcher import BucketSeqBatcher
 from batch_inference.batcher.concat_batcher import ConcatBatcher
-from benchmarks._accelerator_harness import ROW, NoOpModel, SimulatedAccelerator
+from benchmarks._accelerator_harness import (
+    ROW,
+    NoOpModel,
+    SimulatedAccelerator,
+    release_together,
+)
 from benchmarks.bert import BUCKETS
 
 
@@ -186,23 +191,8 @@ def accel_processes_qps(processes: int, calls: int, clients: int) -> float:
         children = [subprocess.Popen(
             [sys.executable, __file__, "--client", str(port), str(calls), str(clients)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
-        try:
-            for child in children:
-                assert child.stdout is not None
-                line = child.stdout.readline().strip()
-                if line != "ready":
-                    raise RuntimeError(f"a client process failed to start (said {line!r})")
-            for child in children:
-                assert child.stdin is not None
-                child.stdin.write("go\n")
-                child.stdin.flush()
-            seconds = [json.loads(child.communicate(timeout=300)[0])["seconds"]
-                       for child in children]
-        finally:
-            for child in children:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait(10)
+        seconds = [json.loads(output)["seconds"]
+                   for output in release_together(children, timeout_s=300)]
     return processes * calls / max(seconds)
 
 
